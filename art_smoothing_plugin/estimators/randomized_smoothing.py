@@ -1,0 +1,450 @@
+"""ART estimator for Gaussian randomized smoothing of a PyTorch model: a thin layer over
+:class:`art_smoothing_plugin.smoothing.Smoother`.
+
+What this layer adds to the core is ART's contract (NumPy in and out, ``clip_values``, ``preprocessing``,
+``get_params``/``set_params``, ``fit`` and ``loss_gradient`` for ART's attacks and trainers) and one
+rule that ART's own ``PyTorchRandomizedSmoothing`` breaks: noise is always added in the units of the raw
+input the user passes, and ``preprocessing`` (mean/std) and preprocessing defences are applied after it,
+inside the base classifier, in fit, predict, certify and gradients alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from art.estimators.classification.pytorch import PyTorchClassifier
+from art.utils import check_and_transform_label_format
+from tqdm.auto import tqdm
+
+from .._validation import (
+    check_batch,
+    check_input_shape,
+    check_int_at_least,
+    check_positive_float,
+    check_probability,
+)
+from ..classifiers.torch_module import check_logits
+from ..sampling import make_generator
+from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
+
+__all__ = ["RandomizedSmoothingClassifier"]
+
+
+class _PreprocessedModel(torch.nn.Module):
+    """``model(preprocess(z))`` as a module: the base classifier on raw-unit inputs. Holding the model as
+    a registered submodule lets torchattacks find its parameters and device."""
+
+    def __init__(self, estimator: RandomizedSmoothingClassifier) -> None:
+        super().__init__()
+        self.model = estimator.model
+        self._estimator = [estimator]  # a list, so that nn.Module does not register it as a child
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        estimator = self._estimator[0]
+        logits = self.model(estimator._preprocess_tensor(z))
+        return check_logits(logits, z.shape[0], estimator.nb_classes)
+
+
+class RandomizedSmoothingClassifier(PyTorchClassifier):
+    """Randomized smoothing (Cohen et al. 2019) of a PyTorch classifier, as an ART estimator.
+
+    A drop-in for ART's ``PyTorchRandomizedSmoothing``: the constructor takes the same arguments under
+    the same names, and ``certify(x, n, batch_size)`` returns ART's pair ``(labels, radii)``, with
+    ``-1`` and ``0.0`` where it abstains. Guarantees, with the noise as the only source of randomness:
+
+    * ``certify``: with probability at least ``1 - alpha`` per input, the smoothed classifier returns
+      the certified label everywhere within the returned L2 radius (in the units of ``x``).
+    * ``predict_labels``: a returned label differs from the smoothed classifier's with probability at
+      most ``alpha``; ``-1`` is an abstention, never a class.
+
+    ``predict`` returns smoothed class frequencies over ``sample_size`` draws, whose argmax is the
+    smoothed prediction (never an all-zero row). ``loss_gradient`` is, by default, the gradient of the
+    smoothed soft classifier (Salman et al. 2019), so ART's attacks attack the smoothed model.
+
+    :param model: PyTorch module returning logits (or per-class scores) of shape ``(N, nb_classes)``.
+    :param loss: loss for training and base-model gradients; default ``CrossEntropyLoss``.
+    :param input_shape: shape of one input, e.g. ``(1, 28, 28)``.
+    :param nb_classes: number of classes.
+    :param sample_size: noise draws per input in ``predict`` and ``loss_gradient``.
+    :param scale: sigma, the standard deviation of the Gaussian noise, in the units of ``x``.
+    :param alpha: default error probability of ``certify`` and ``predict_labels``.
+    :param n0: default number of selection samples of ``certify`` (independent of ``n``).
+    :param seed: seeds this estimator's private noise generator; ``None`` for fresh entropy.
+    :param smoothed_gradients: ``loss_gradient`` of the smoothed soft classifier (``True``) or of the
+        base model (``False``); a call can override with ``sampling=``.
+    :param batch_size: default number of noisy samples per forward pass in ``certify``.
+    :param verbose: show tqdm progress bars while sampling.
+    """
+
+    estimator_params = PyTorchClassifier.estimator_params + [
+        "sample_size",
+        "scale",
+        "alpha",
+        "n0",
+        "seed",
+        "smoothed_gradients",
+        "batch_size",
+        "verbose",
+    ]
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: torch.nn.modules.loss._Loss | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        nb_classes: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        channels_first: bool = True,
+        clip_values: Any = None,
+        preprocessing_defences: Any = None,
+        postprocessing_defences: Any = None,
+        preprocessing: Any = (0.0, 1.0),
+        device_type: str = "gpu",
+        sample_size: int = 32,
+        scale: float = 0.1,
+        alpha: float = 0.001,
+        *,
+        n0: int = 100,
+        seed: int | None = None,
+        smoothed_gradients: bool = True,
+        batch_size: int = 1000,
+        verbose: bool = False,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if input_shape is None:
+            raise ValueError("input_shape is required: the shape of one input, e.g. (1, 28, 28)")
+        if nb_classes is None:
+            raise ValueError("nb_classes is required: the number of classes the model outputs")
+        input_shape = check_input_shape(input_shape)
+        nb_classes = check_int_at_least("nb_classes", nb_classes, 2)
+        self._smoother: Smoother | None = None
+        super().__init__(
+            model=model,
+            loss=loss if loss is not None else torch.nn.CrossEntropyLoss(),
+            input_shape=input_shape,
+            nb_classes=nb_classes,
+            optimizer=optimizer,
+            channels_first=channels_first,
+            clip_values=clip_values,
+            preprocessing_defences=preprocessing_defences,
+            postprocessing_defences=postprocessing_defences,
+            preprocessing=preprocessing,
+            device_type=device_type,
+        )
+        self._sample_size = check_int_at_least("sample_size", sample_size, 1)
+        self._scale = check_positive_float("scale", scale)
+        self._alpha = check_probability("alpha", alpha)
+        self._n0 = check_int_at_least("n0", n0, 1)
+        self._batch_size = check_int_at_least("batch_size", batch_size, 1)
+        self._seed = seed
+        self.smoothed_gradients = bool(smoothed_gradients)
+        self.verbose = bool(verbose)
+        self._smoother = Smoother(
+            self._base_labels, nb_classes, self._scale, self._batch_size, seed=seed, device=self._device
+        )
+
+    # -- parameters (validated on every assignment, so set_params cannot smuggle in bad values) -----
+    @property
+    def sample_size(self) -> int:
+        return self._sample_size
+
+    @sample_size.setter
+    def sample_size(self, value: int) -> None:
+        self._sample_size = check_int_at_least("sample_size", value, 1)
+
+    @property
+    def scale(self) -> float:
+        """sigma, in the units of the raw input."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self._scale = check_positive_float("scale", value)
+        if self._smoother is not None:
+            self._smoother.sigma = self._scale
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self._alpha = check_probability("alpha", value)
+
+    @property
+    def n0(self) -> int:
+        return self._n0
+
+    @n0.setter
+    def n0(self, value: int) -> None:
+        self._n0 = check_int_at_least("n0", value, 1)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = check_int_at_least("batch_size", value, 1)
+        if self._smoother is not None:
+            self._smoother.batch_size = self._batch_size
+
+    @property
+    def seed(self) -> int | None:
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        """Setting the seed restarts the noise stream: the same seed reproduces the same results."""
+        self._seed = value
+        if self._smoother is not None:
+            self._smoother.reseed(value)
+
+    @property
+    def smoother(self) -> Smoother:
+        """The framework-level core (torch tensors in, counts and certificates out)."""
+        assert self._smoother is not None
+        return self._smoother
+
+    # -- the base classifier on raw-unit inputs ------------------------------------------------------
+    def _preprocess_tensor(self, z: torch.Tensor, fit: bool = False) -> torch.Tensor:
+        if not self.preprocessing_operations:
+            return z
+        if self.all_framework_preprocessing:
+            out, _ = self._apply_preprocessing(z, None, fit=fit, no_grad=False)
+            return out
+        # NumPy preprocessing defences: correct values, but no gradient flows through them.
+        if z.requires_grad:
+            raise ValueError(
+                "gradients need preprocessing and preprocessing_defences that run in PyTorch "
+                "(art.defences.preprocessor.PreprocessorPyTorch); got NumPy-only preprocessing"
+            )
+        out, _ = self._apply_preprocessing(z.detach().cpu().numpy(), None, fit=fit)
+        return torch.as_tensor(out, device=z.device, dtype=z.dtype)
+
+    def _base_logits(self, z: torch.Tensor) -> torch.Tensor:
+        logits = self.model(self._preprocess_tensor(z))
+        return check_logits(logits, z.shape[0], self.nb_classes)
+
+    def _base_labels(self, z: torch.Tensor) -> torch.Tensor:
+        return self._base_logits(z).argmax(dim=1)
+
+    def base_module(self) -> torch.nn.Module:
+        """The base classifier as a module on raw-unit inputs (preprocessing inside), returning logits."""
+        return _PreprocessedModel(self)
+
+    def smoothed_module(
+        self, num_samples: int | None = None, noise_seed: int | None = None
+    ) -> SmoothedSoftClassifier:
+        """The smoothed soft classifier as an ``nn.Module`` returning log-probabilities (valid logits), for
+        torchattacks and other torch code. ``noise_seed`` fixes the noise draws across calls (SmoothAdv)."""
+        self.model.eval()
+        return SmoothedSoftClassifier(
+            _PreprocessedModel(self),
+            self._scale,
+            num_samples or self._sample_size,
+            noise_seed=noise_seed,
+            generator=self.smoother.generator(self._device),
+        )
+
+    # -- input handling ------------------------------------------------------------------------------
+    def _to_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
+        check_batch(x, self.input_shape, self.clip_values, name=name)
+        if isinstance(x, torch.Tensor):
+            return x.detach().to(self._device, torch.float32)
+        return torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self._device)
+
+    def _labels_tensor(self, y: np.ndarray | torch.Tensor, count: int) -> torch.Tensor:
+        y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        if y_np.ndim == 2:
+            if y_np.shape != (count, self.nb_classes):
+                raise ValueError(
+                    f"y must be class indices of shape ({count},) or one-hot of shape ({count}, "
+                    f"{self.nb_classes}); got {y_np.shape}"
+                )
+            y_np = y_np.argmax(axis=1)
+        if y_np.shape != (count,) or (count and (y_np.min() < 0 or y_np.max() >= self.nb_classes)):
+            raise ValueError(
+                f"y must hold {count} class indices in [0, {self.nb_classes}) (or one-hot rows); got shape "
+                f"{y_np.shape}"
+            )
+        return torch.as_tensor(y_np.astype(np.int64), device=self._device)
+
+    def _smoother_for(self, seed: int | None) -> Smoother:
+        if seed is None:
+            return self.smoother
+        return Smoother(self._base_labels, self.nb_classes, self._scale, self._batch_size, seed, self._device)
+
+    # -- ART classifier API ----------------------------------------------------------------------------
+    def predict(
+        self, x: np.ndarray, batch_size: int = 128, training_mode: bool = False, **kwargs
+    ) -> np.ndarray:
+        """Smoothed class frequencies, shape ``(N, nb_classes)``: the fraction of ``sample_size`` noisy
+        copies of each input that the base model assigns to each class. Their argmax is the smoothed
+        prediction. For PREDICT with abstention use :meth:`predict_labels`.
+
+        :param batch_size: inputs per forward pass (each contributes ``sample_size`` noisy copies).
+        """
+        batch_size = check_int_at_least("batch_size", batch_size, 1)
+        x_t = self._to_tensor(x)
+        self.model.train(mode=training_mode)
+        counts = self._smoother_for(kwargs.get("seed")).vote_counts(
+            x_t, self._sample_size, batch_size * self._sample_size, progress=self.verbose and "predict"
+        )
+        frequencies = (counts.double() / self._sample_size).cpu().numpy().astype(np.float32)
+        return self._apply_postprocessing(preds=frequencies, fit=False)
+
+    def predict_labels(
+        self,
+        x: np.ndarray | torch.Tensor,
+        n: int | None = None,
+        alpha: float | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Cohen's PREDICT: the smoothed label of each input, or ``-1`` where it abstains.
+
+        :param n: noise draws per input (default ``sample_size``).
+        :param alpha: level of the binomial test (default the estimator's ``alpha``).
+        """
+        x_t = self._to_tensor(x)
+        self.model.eval()
+        return self._smoother_for(seed).predict(
+            x_t,
+            n if n is not None else self._sample_size,
+            alpha if alpha is not None else self._alpha,
+            batch_size,
+            progress=self.verbose,
+        )
+
+    def certify(
+        self,
+        x: np.ndarray | torch.Tensor,
+        n: int,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cohen's CERTIFY, with ART's return value ``(labels, radii)``: ``-1`` and ``0.0`` where it
+        abstains. Takes the keyword arguments of :meth:`certify_detailed`."""
+        result = self.certify_detailed(x, n, batch_size, **kwargs)
+        return result.labels, result.radii
+
+    def certify_detailed(
+        self,
+        x: np.ndarray | torch.Tensor,
+        n: int,
+        batch_size: int | None = None,
+        *,
+        n0: int | None = None,
+        alpha: float | None = None,
+        seed: int | None = None,
+    ) -> CertificationResult:
+        """Cohen's CERTIFY with the full per-input result (bounds, counts, samples used).
+
+        :param n: estimation samples per input.
+        :param batch_size: noisy samples per forward pass (default the estimator's ``batch_size``).
+        :param n0: selection samples per input, drawn independently of the ``n`` (default ``n0``).
+        :param alpha: error probability of each certificate (default the estimator's ``alpha``).
+        :param seed: draw this call's noise from a generator with this seed (reproducible per call).
+        """
+        if batch_size is not None:
+            check_int_at_least("batch_size", batch_size, 1)
+        x_t = self._to_tensor(x)
+        self.model.eval()
+        return self._smoother_for(seed).certify(
+            x_t,
+            n0 if n0 is not None else self._n0,
+            n,
+            alpha if alpha is not None else self._alpha,
+            batch_size,
+            progress=self.verbose,
+        )
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int = 128,
+        nb_epochs: int = 10,
+        training_mode: bool = True,
+        drop_last: bool = False,
+        scheduler: Any = None,
+        verbose: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Train the base model with Gaussian noise augmentation at ``scale`` (Cohen's recipe): each batch
+        is ``x + N(0, scale^2 I)``, unclipped, in the units of ``x``; preprocessing is applied after."""
+        if self._optimizer is None:
+            raise ValueError("fit needs an optimizer: pass optimizer= to the constructor")
+        batch_size = check_int_at_least("batch_size", batch_size, 1)
+        nb_epochs = check_int_at_least("nb_epochs", nb_epochs, 0)
+        x_t = self._to_tensor(x)
+        y_t = self._labels_tensor(check_and_transform_label_format(y, nb_classes=self.nb_classes), len(x_t))
+        generator = self.smoother.generator(self._device)
+        shuffle_generator = make_generator(None if self._seed is None else self._seed + 1, "cpu")
+        self.model.train(mode=training_mode)
+        for _ in tqdm(range(nb_epochs), disable=not (verbose or self.verbose), desc="epochs"):
+            order = torch.randperm(len(x_t), generator=shuffle_generator).to(self._device)
+            for start in range(0, len(x_t), batch_size):
+                index = order[start : start + batch_size]
+                if drop_last and len(index) < batch_size:
+                    break
+                clean = x_t.index_select(0, index)
+                noisy = clean + self._scale * torch.randn(
+                    clean.shape, generator=generator, device=self._device, dtype=clean.dtype
+                )
+                outputs = self.model(self._preprocess_tensor(noisy, fit=True))
+                loss = self._loss(
+                    check_logits(outputs, len(index), self.nb_classes), y_t.index_select(0, index)
+                )
+                self._optimizer.zero_grad()
+                loss.backward()
+                self._optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        self.model.eval()
+
+    def loss_gradient(
+        self,
+        x: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor,
+        training_mode: bool = False,
+        **kwargs: Any,
+    ) -> np.ndarray | torch.Tensor:
+        """Gradient of the loss with respect to ``x``, of the same type, shape and device as ``x``.
+
+        By default (``sampling=True``, or ``smoothed_gradients`` at construction) it is the gradient of
+        the cross-entropy of the smoothed soft classifier: the mean softmax of the base model over
+        ``sample_size`` fresh noise draws around each input. With ``sampling=False`` it is the base
+        model's loss gradient at the clean input.
+        """
+        sampling = bool(kwargs.get("sampling", self.smoothed_gradients))
+        x_t = self._to_tensor(x).requires_grad_(True)
+        y_t = self._labels_tensor(y, len(x_t))
+        self.model.train(mode=training_mode)
+        with torch.enable_grad():
+            if sampling:
+                soft = SmoothedSoftClassifier(
+                    self._base_logits,
+                    self._scale,
+                    self._sample_size,
+                    generator=self.smoother.generator(self._device),
+                )
+                loss = torch.nn.functional.nll_loss(soft(x_t), y_t)
+            else:
+                loss = self._loss(self._base_logits(x_t), y_t)
+            (gradient,) = torch.autograd.grad(loss, x_t)
+        self.model.eval()
+        if isinstance(x, torch.Tensor):
+            return gradient.to(x.device, x.dtype)
+        return gradient.cpu().numpy().astype(np.asarray(x).dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={type(self.model).__name__}, input_shape={self.input_shape}, "
+            f"nb_classes={self.nb_classes}, scale={self._scale}, alpha={self._alpha}, "
+            f"sample_size={self._sample_size}, n0={self._n0}, clip_values={self.clip_values})"
+        )

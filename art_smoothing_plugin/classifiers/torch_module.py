@@ -14,7 +14,8 @@ def check_logits(scores: torch.Tensor, batch: int, num_classes: int, who: str = 
     if not isinstance(scores, torch.Tensor) or scores.shape != (batch, num_classes):
         shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
         raise ValueError(
-            f"the {who} must return per-class scores of shape (batch, nb_classes) = ({batch}, {num_classes}); "
+            f"the {who} must return per-class scores of shape (batch, nb_classes) = "
+            f"({batch}, {num_classes}); "
             f"got {shape}. Check nb_classes and that the {who} returns logits, not features."
         )
     return scores

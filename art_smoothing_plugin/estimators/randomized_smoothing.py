@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from art.estimators.classification.pytorch import PyTorchClassifier
+from art.preprocessing.standardisation_mean_std.numpy import StandardisationMeanStd
+from art.preprocessing.standardisation_mean_std.pytorch import StandardisationMeanStdPyTorch
 from art.utils import check_and_transform_label_format
 from tqdm.auto import tqdm
 
@@ -30,6 +32,14 @@ from ..sampling import make_generator
 from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
 
 __all__ = ["RandomizedSmoothingClassifier"]
+
+
+def _is_identity_standardisation(operation: Any) -> bool:
+    return (
+        isinstance(operation, (StandardisationMeanStd, StandardisationMeanStdPyTorch))
+        and bool(np.all(np.asarray(operation.mean) == 0))
+        and bool(np.all(np.asarray(operation.std) == 1))
+    )
 
 
 class _PreprocessedModel(torch.nn.Module):
@@ -211,11 +221,19 @@ class RandomizedSmoothingClassifier(PyTorchClassifier):
 
     # -- the base classifier on raw-unit inputs ------------------------------------------------------
     def _preprocess_tensor(self, z: torch.Tensor, fit: bool = False) -> torch.Tensor:
-        if not self.preprocessing_operations:
+        # ART always appends a standardisation, even the identity (0, 1); skipping it saves a full pass
+        # over every noisy batch.
+        operations = [
+            op
+            for op in self.preprocessing_operations
+            if (op.apply_fit if fit else op.apply_predict) and not _is_identity_standardisation(op)
+        ]
+        if not operations:
             return z
         if self.all_framework_preprocessing:
-            out, _ = self._apply_preprocessing(z, None, fit=fit, no_grad=False)
-            return out
+            for op in operations:
+                z, _ = op.forward(z, None)
+            return z
         # NumPy preprocessing defences: correct values, but no gradient flows through them.
         if z.requires_grad:
             raise ValueError(

@@ -151,7 +151,9 @@ class Smoother:
         """``(len(x), num_classes)`` int64 counts of base-classifier labels over ``num_samples`` noise
         draws per input. ``progress`` shows a tqdm bar (a string is used as its description)."""
         num_samples = check_int_at_least("num_samples", num_samples, 1)
-        batch_size = check_int_at_least("batch_size", batch_size or self.batch_size, 1)
+        batch_size = check_int_at_least(
+            "batch_size", self.batch_size if batch_size is None else batch_size, 1
+        )
         x = self._prepare(x)
         generator = generator or self.generator(x.device)
         total = x.shape[0] * num_samples

@@ -30,6 +30,16 @@ __all__ = [
     "clopper_pearson_upper",
     "max_certifiable_radius",
     "predict_test_pvalue",
+    # sequential (adaptive) certification
+    "CERTIFIED",
+    "NOT_CERTIFIED",
+    "UNDECIDED",
+    "best_radius_should_stop",
+    "reachable_radius",
+    "required_top_probability",
+    "sequential_alphas",
+    "sequential_looks",
+    "target_radius_decision",
 ]
 
 
@@ -139,3 +149,141 @@ def binomial_upper_tail(failures: int, trials: int, p: float) -> float:
     if failures <= 0:
         return 1.0
     return float(stats.binom.sf(int(failures) - 1, int(trials), float(p)))
+
+
+# -- Sequential (adaptive) certification ------------------------------------------------------------
+#
+# The estimation samples are drawn in rounds and the counts are examined at a schedule of looks
+# n_1 < n_2 < ... < n_K fixed before sampling starts. Look k uses one-sided Clopper-Pearson bounds at
+# level alpha_k with sum_k alpha_k <= alpha. By the union bound, with probability at least 1 - alpha the
+# lower bounds of *all* looks hold at once, so the lower bound at whichever look the procedure stops at
+# (a stopping time that may depend on everything seen so far) holds too: the certificate is sound at
+# the stopping time whatever the stopping rule. The stopping rules below only decide *when* to stop.
+
+#: Outcome of one look of the target-radius test: the point is certified at the target radius.
+CERTIFIED = 1
+#: Outcome of one look of the target-radius test: the point cannot be certified at the target radius.
+NOT_CERTIFIED = -1
+#: Outcome of one look of the target-radius test: the counts do not settle the question yet.
+UNDECIDED = 0
+
+
+def _check_whole(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def sequential_looks(max_trials: int, first_look: int = 64, growth: float = 1.5) -> np.ndarray:
+    """The cumulative sample sizes ``n_1 < n_2 < ... < n_K = max_trials`` at which a sequential
+    certification examines its counts: ``n_1 = min(first_look, max_trials)``, then
+    ``n_{k+1} = max(n_k + 1, ceil(growth * n_k))``, the last look clipped to ``max_trials`` (and the
+    one before it dropped when it would lie within a factor ``sqrt(growth)`` of ``max_trials``).
+
+    The schedule depends on nothing but its arguments; that is what makes the alpha split of
+    :func:`sequential_alphas` valid. Geometric growth keeps the number of looks logarithmic in
+    ``max_trials / first_look`` (19 looks from 64 to 100,000 at growth 1.5).
+    """
+    max_trials = _check_whole("max_trials", max_trials, 1)
+    first_look = _check_whole("first_look", first_look, 1)
+    if not np.isfinite(growth) or float(growth) <= 1.0:
+        raise ValueError(f"growth must be a finite number > 1, got {growth!r}")
+    looks = [min(first_look, max_trials)]
+    while looks[-1] < max_trials:
+        looks.append(min(max_trials, max(looks[-1] + 1, int(np.ceil(float(growth) * looks[-1])))))
+    if len(looks) >= 3 and looks[-1] < np.sqrt(float(growth)) * looks[-2]:
+        del looks[-2]  # a look just before the budget would cost a share of alpha and save little
+    return np.asarray(looks, dtype=np.int64)
+
+
+def sequential_alphas(alpha: float, num_looks: int, final_share: float = 0.5) -> np.ndarray:
+    """Split the error budget ``alpha`` across ``num_looks`` looks (Bonferroni): the last look gets
+    ``final_share * alpha`` and each earlier look an equal part of the rest, so the levels sum to
+    ``alpha`` (up to floating-point rounding). With a single look it is ``[alpha]``.
+
+    Giving the last look a large share keeps a run that goes to the budget close to fixed-n CERTIFY at
+    level ``alpha``; the earlier looks decide clear-cut inputs, for which a smaller level costs only a
+    number of samples proportional to ``log(1 / alpha_k)``.
+    """
+    _check_alpha(alpha)
+    num_looks = _check_whole("num_looks", num_looks, 1)
+    if not 0.0 < float(final_share) < 1.0:
+        raise ValueError(f"final_share must lie strictly between 0 and 1, got {final_share!r}")
+    if num_looks == 1:
+        return np.array([float(alpha)])
+    early = (1.0 - float(final_share)) * float(alpha) / (num_looks - 1)
+    return np.append(np.full(num_looks - 1, early), float(final_share) * float(alpha))
+
+
+def required_top_probability(radius: ArrayLike, sigma: float) -> float | np.ndarray:
+    """``Phi(radius / sigma)``: the top-class probability bound that certifies L2 radius ``radius``.
+
+    Cohen et al.'s radius ``sigma * Phi^-1(p_lower)`` exceeds ``radius`` exactly when ``p_lower``
+    exceeds this threshold.
+    """
+    if not float(sigma) > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
+    r = np.asarray(radius, dtype=np.float64)
+    if np.any(~np.isfinite(r)) or np.any(r < 0):
+        raise ValueError(f"radius must be finite and >= 0, got {radius!r}")
+    return _scalar_or_array(stats.norm.cdf(r / float(sigma)))
+
+
+def target_radius_decision(
+    successes: ArrayLike, trials: ArrayLike, alpha: float, threshold: float
+) -> np.ndarray:
+    """One look of the target-radius test, per input: :data:`CERTIFIED` where the one-sided
+    (1 - alpha) Clopper-Pearson lower bound on the top-class probability exceeds ``threshold``,
+    :data:`NOT_CERTIFIED` where the one-sided (1 - alpha) upper bound is below it, :data:`UNDECIDED`
+    otherwise (an int8 array).
+
+    ``CERTIFIED`` is wrong (the probability is really at most ``threshold``) with probability at most
+    ``alpha``; so is ``NOT_CERTIFIED`` (the probability is really at least ``threshold``).
+    """
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold!r}")
+    lower = np.asarray(clopper_pearson_lower(successes, trials, alpha))
+    upper = np.asarray(clopper_pearson_upper(successes, trials, alpha))
+    decision = np.where(lower > threshold, CERTIFIED, np.where(upper < threshold, NOT_CERTIFIED, UNDECIDED))
+    return np.atleast_1d(decision).astype(np.int8)
+
+
+def reachable_radius(
+    successes: ArrayLike,
+    trials: ArrayLike,
+    alpha: float,
+    final_trials: int,
+    final_alpha: float,
+    sigma: float,
+) -> float | np.ndarray:
+    """An optimistic forecast of the radius a run continued to ``final_trials`` samples could certify.
+
+    With ``U`` the one-sided (1 - alpha) Clopper-Pearson upper bound on the top-class probability from
+    the current counts, it is the radius that the final look (level ``final_alpha``) would certify from
+    ``floor(U * final_trials)`` votes out of ``final_trials``: the best final count that is still
+    plausible. It is a forecast for the stopping rule, not a certificate; it is 0 when ``U <= 1/2``.
+    """
+    final_trials = _check_whole("final_trials", final_trials, 1)
+    upper = np.asarray(clopper_pearson_upper(successes, trials, alpha), dtype=np.float64)
+    final_votes = np.floor(upper * final_trials)
+    return certified_radius(clopper_pearson_lower(final_votes, final_trials, final_alpha), sigma)
+
+
+def best_radius_should_stop(
+    successes: ArrayLike,
+    trials: ArrayLike,
+    alpha: float,
+    final_trials: int,
+    final_alpha: float,
+    sigma: float,
+    tolerance: float,
+) -> np.ndarray:
+    """The stopping rule of the best-radius mode, per input: stop when :func:`reachable_radius` exceeds
+    the radius certified now (``sigma * Phi^-1`` of the (1 - alpha) lower bound, 0 if not above 1/2) by
+    at most ``tolerance``, i.e. when going on to ``final_trials`` samples cannot plausibly raise the
+    radius by more than ``tolerance``. This includes every input whose upper bound is at most 1/2."""
+    if not np.isfinite(tolerance) or float(tolerance) <= 0:
+        raise ValueError(f"tolerance must be a positive, finite number, got {tolerance!r}")
+    current = np.asarray(certified_radius(clopper_pearson_lower(successes, trials, alpha), sigma))
+    reachable = np.asarray(reachable_radius(successes, trials, alpha, final_trials, final_alpha, sigma))
+    return np.atleast_1d(reachable - current <= float(tolerance))

@@ -263,7 +263,7 @@ class RandomizedSmoothingClassifier(PyTorchClassifier):
         return SmoothedSoftClassifier(
             _PreprocessedModel(self),
             self._scale,
-            num_samples or self._sample_size,
+            self._sample_size if num_samples is None else num_samples,
             noise_seed=noise_seed,
             generator=self.smoother.generator(self._device),
         )
@@ -465,4 +465,68 @@ class RandomizedSmoothingClassifier(PyTorchClassifier):
             f"{type(self).__name__}(model={type(self.model).__name__}, input_shape={self.input_shape}, "
             f"nb_classes={self.nb_classes}, scale={self._scale}, alpha={self._alpha}, "
             f"sample_size={self._sample_size}, n0={self._n0}, clip_values={self.clip_values})"
+        )
+
+    # -- adaptive certification (art_smoothing_plugin.adaptive; docs/adaptive-certification.md) --------
+    def certify_adaptive(
+        self,
+        x: np.ndarray | torch.Tensor,
+        mode: str = "radius",
+        *,
+        radius: float | None = None,
+        max_samples: int = 100_000,
+        tolerance: float | None = None,
+        alpha: float | None = None,
+        n0: int | None = None,
+        batch_size: int | str | None = None,
+        seed: int | None = None,
+        precision: str | None = None,
+        channels_last: bool = False,
+        first_look: int = 64,
+        growth: float = 1.5,
+        final_share: float = 0.5,
+    ) -> CertificationResult:
+        """CERTIFY that stops sampling each input as soon as its answer is settled; the certificates have
+        the same guarantee as :meth:`certify_detailed` (each wrong with probability at most ``alpha``).
+
+        :param mode: ``"radius"``: is each input certified at ``radius`` (``result.extras["certified"]``);
+            ``"budget"``: the largest radius within ``max_samples``, stopping when more samples cannot
+            plausibly raise it by more than ``tolerance``.
+        :param max_samples: forward passes per input at most, the ``n0`` selection samples included.
+        :param batch_size: noisy samples per forward pass; ``"auto"`` picks one for this machine
+            (free GPU memory, or a short CPU throughput probe); default the estimator's ``batch_size``.
+        :param precision: ``"bf16"``/``"fp16"`` run the base model under autocast (noise stays fp32).
+        :param channels_last: convert the model and the noisy batches to channels-last memory format.
+        :returns: a :class:`CertificationResult` with ``samples_used`` per input; see
+            :func:`art_smoothing_plugin.adaptive.certify_adaptive` for the schedule arguments.
+        """
+        from ..adaptive import certify_adaptive
+        from ..performance import accelerated_labels, autotune_batch_size
+
+        x_t = self._to_tensor(x)
+        self.model.eval()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        labels = accelerated_labels(self._base_labels, precision=precision, channels_last=channels_last)
+        if batch_size == "auto":
+            batch_size = autotune_batch_size(labels, x_t[:1], sigma=self._scale) if len(x_t) else None
+        elif batch_size is not None:
+            batch_size = check_int_at_least("batch_size", batch_size, 1)
+        generator = self._smoother_for(seed).generator(self._device)
+        smoother = Smoother(labels, self.nb_classes, self._scale, self._batch_size, device=self._device)
+        return certify_adaptive(
+            smoother,
+            x_t,
+            mode=mode,  # type: ignore[arg-type]  # validated inside
+            radius=radius,
+            max_samples=max_samples,
+            tolerance=tolerance,
+            alpha=alpha if alpha is not None else self._alpha,
+            n0=n0 if n0 is not None else self._n0,
+            first_look=first_look,
+            growth=growth,
+            final_share=final_share,
+            batch_size=batch_size,
+            generator=generator,
+            progress=self.verbose,
         )

@@ -6,7 +6,8 @@ Layers, bottom to top (each imports only those below it):
 ``estimators`` (ART glue).
 """
 
-from .estimators import RandomizedSmoothingClassifier
+from .denoisers import DiffusionDenoiser, DnCNN, MemNet
+from .estimators import DenoisedSmoothingClassifier, RandomizedSmoothingClassifier
 from .smoothing import ABSTAIN, CertificationResult, SmoothedSoftClassifier, Smoother
 
 __version__ = "0.1.0"
@@ -14,6 +15,10 @@ __version__ = "0.1.0"
 __all__ = [
     "ABSTAIN",
     "CertificationResult",
+    "DenoisedSmoothingClassifier",
+    "DiffusionDenoiser",
+    "DnCNN",
+    "MemNet",
     "RandomizedSmoothingClassifier",
     "SmoothedSoftClassifier",
     "Smoother",

@@ -1,0 +1,7 @@
+"""``python -m evaluations run|analyze|config ...`` (the same as the ``art-smoothing-eval`` command)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

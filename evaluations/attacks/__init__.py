@@ -1,0 +1,161 @@
+"""Attacks stage: every attack behind one interface, one file each, in one registry.
+
+An :class:`Attack` has a ``name`` (what ``attacks.enabled`` lists), the ``norms`` it runs in (``"l2"``,
+``"linf"``), ``applies_to(defence)`` and ``perturb(defence, x, y, norm=, eps=, seed=)`` returning
+adversarial inputs in [0, 1] as NumPy. ``eps`` is in the data's [0, 1] units; the step size of every
+PGD-style attack is ``relative_step * eps / steps``. Attacks on smoothed defences differentiate the smoothed
+soft classifier over ``noise_samples`` (m) noise draws (``defence.differentiable``), so they attack ``g``,
+not the base model. Whether an attack succeeded is decided elsewhere, by the defence's own ``predict``
+(PREDICT with fresh noise for smoothed defences).
+
+To add an attack: write a file with a subclass of :class:`Attack` and add ``name -> "module:Class"`` to
+:data:`ATTACKS` (or call :func:`register_attack`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..defences import Defence
+
+__all__ = [
+    "ATTACKS",
+    "Attack",
+    "AttackSettings",
+    "build_attacks",
+    "per_example_eps",
+    "register_attack",
+    "seeded",
+]
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """Shared settings of every attack (the ``attacks`` section of the config)."""
+
+    steps: int = 10
+    relative_step: float = 2.5
+    noise_samples: int = 16
+    eot_iter: int = 2
+    detector_weight: float = 10.0
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AttackSettings:
+        section = config["attacks"]
+        return cls(
+            steps=section["steps"],
+            relative_step=section["relative_step"],
+            noise_samples=section["noise_samples"],
+            eot_iter=section["eot_iter"],
+            detector_weight=section["detector_weight"],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's and NumPy's global generators for a library that draws from them (torchattacks' and
+    ART's random starts), restoring both afterwards so nothing else is perturbed."""
+    state = np.random.get_state()  # noqa: NPY002 - the libraries draw from the legacy global state
+    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+        torch.manual_seed(seed)
+        np.random.seed(seed % (2**32 - 1))  # noqa: NPY002
+        try:
+            yield
+        finally:
+            np.random.set_state(state)  # noqa: NPY002
+
+
+def per_example_eps(eps: float | np.ndarray, count: int) -> np.ndarray:
+    """``eps`` as a float array of one entry per example (a scalar is broadcast)."""
+    array = np.broadcast_to(np.asarray(eps, dtype=np.float64), (count,)).copy()
+    if np.any(~np.isfinite(array)) or np.any(array < 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    return array
+
+
+class Attack:
+    """Base class of every attack: the uniform interface the pipeline calls.
+
+    :cvar name: registry name (``attacks.enabled``).
+    :cvar norms: norms it runs in.
+    :cvar per_example: whether ``eps`` may be an array of one budget per example (the certificate check
+        needs that); others take a scalar.
+    """
+
+    name = "attack"
+    norms: tuple[str, ...] = ()
+    per_example = False
+    description = ""
+
+    def __init__(self, settings: AttackSettings) -> None:
+        self.settings = settings
+
+    def applies_to(self, defence: Defence) -> bool:
+        return True
+
+    def step_size(self, eps: float | np.ndarray) -> float | np.ndarray:
+        return self.settings.relative_step * eps / self.settings.steps
+
+    def identity(self, norm: str) -> dict[str, Any]:
+        """Everything that determines this attack's output besides inputs, eps and seed (checkpoint key)."""
+        return {"attack": self.name, "norm": norm, "class": type(self).__name__, **self.settings.as_dict()}
+
+    def perturb(
+        self, defence: Defence, x: np.ndarray, y: np.ndarray, *, norm: str, eps: float | np.ndarray, seed: int
+    ) -> np.ndarray:
+        """Adversarial versions of ``x`` (float32, in [0, 1], same shape) within ``eps`` in ``norm``."""
+        raise NotImplementedError
+
+    def check(self, norm: str, eps: float | np.ndarray) -> None:
+        if norm not in self.norms:
+            raise ValueError(f"attack {self.name!r} runs in norms {self.norms}, not {norm!r}")
+        if not self.per_example and np.ndim(eps) != 0:
+            raise ValueError(f"attack {self.name!r} takes one scalar eps, got an array")
+
+    def batch_points(self, defence: Defence) -> int:
+        """Points per attack batch: noisy copies per forward pass stay near 4,096."""
+        return max(1, 4096 // self.settings.noise_samples) if defence.smoothed else 512
+
+
+#: Registry: attack name -> "module:Class" (relative to this package), imported when first used.
+ATTACKS: dict[str, str] = {
+    "pgd": ".torchattacks_pgd:TorchattacksPGD",
+    "pgdl2": ".torchattacks_pgd:TorchattacksPGDL2",
+    "eotpgd": ".torchattacks_pgd:TorchattacksEOTPGD",
+    "art_pgd": ".art_pgd:ArtProjectedGradientDescent",
+    "smoothadv": ".smoothadv:SmoothAdv",
+    "bpda": ".squeezing:BPDAAttack",
+    "detector_evading": ".squeezing:DetectorEvadingAttack",
+}
+
+
+def register_attack(name: str, target: str) -> None:
+    """Register an attack class given as ``"package.module:Class"`` (or relative ``".module:Class"``)."""
+    if ":" not in target:
+        raise ValueError(f"target must be 'module:Class', got {target!r}")
+    ATTACKS[name] = target
+
+
+def attack_class(name: str) -> type[Attack]:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
+    module_name, class_name = ATTACKS[name].split(":")
+    module = importlib.import_module(module_name, package=__name__)
+    return getattr(module, class_name)
+
+
+def build_attacks(config: dict[str, Any]) -> list[Attack]:
+    """The enabled attacks, in the order of ``attacks.enabled``."""
+    settings = AttackSettings.from_config(config)
+    return [attack_class(name)(settings) for name in config["attacks"]["enabled"]]

@@ -1,0 +1,333 @@
+"""Defences stage: every defence the harness evaluates, each wrapping an ART estimator, behind one registry.
+
+A *defence kind* (``undefended``, ``randomized_smoothing``, ...) is registered once with a builder that
+turns the run's configuration into one or more :class:`Defence` instances (randomized smoothing gives one
+per sigma). Adding a defence means writing a builder and calling :func:`register_defence`; the pipeline,
+attacks, metrics and report then handle it like every other. Builders are named as ``module:function``
+strings and imported only when used, so a kind whose implementation is missing (denoised smoothing before
+its module exists) costs nothing until a run asks for it, and is then refused before any work starts.
+
+Every :class:`Defence` answers the same questions: ``predict`` (labels, ``-1`` where a smoothed classifier
+abstains), ``detect`` (detector defences only), ``differentiable`` (the torch module gradient attacks
+differentiate) and, for smoothed defences, ``certify``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from art_smoothing_plugin.smoothing import CertificationResult
+
+    from ..data import Dataset
+    from ..models import ModelStore
+
+__all__ = [
+    "DEFENCE_KINDS",
+    "BuildContext",
+    "Defence",
+    "DefenceKind",
+    "PlainDefence",
+    "SmoothedDefence",
+    "build_defences",
+    "register_defence",
+]
+
+
+@dataclass
+class BuildContext:
+    """What a builder may use: the data, the validated config, the model store (training and cache)."""
+
+    dataset: Dataset
+    config: dict[str, Any]
+    models: ModelStore
+    device: torch.device
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+class Defence:
+    """One evaluated defence: an ART estimator plus the uniform interface the pipeline needs.
+
+    :ivar name: unique name in a run, used in tables, plots and file names (e.g. ``rs_sigma0.25``).
+    :ivar kind: the registry name of its kind.
+    :ivar estimator: the ART estimator (classifier) this defence is.
+    :ivar model: the underlying torch classifier (logits on [0, 1] inputs).
+    :ivar identity: JSON-able description of everything that determines its outputs (model hash,
+        parameters); checkpoints of its results are keyed by it.
+    """
+
+    smoothed = False
+    randomized = False
+    has_detector = False
+
+    def __init__(self, name: str, kind: str, estimator: Any, model: torch.nn.Module, identity: dict) -> None:
+        self.name = name
+        self.kind = kind
+        self.estimator = estimator
+        self.model = model
+        self.identity = {"name": name, "kind": kind, **identity}
+        self.sigma: float | None = None
+
+    def predict(self, x: np.ndarray, *, seed: int) -> np.ndarray:
+        """Predicted labels of ``x`` (``-1`` where the defence abstains)."""
+        raise NotImplementedError
+
+    def detect(self, x: np.ndarray) -> np.ndarray | None:
+        """Boolean "flagged as adversarial" per input, or ``None`` for defences without a detector."""
+        return None
+
+    def differentiable(
+        self, *, noise_samples: int, noise_seed: int, fixed_noise: bool = True
+    ) -> torch.nn.Module:
+        """The module gradient attacks differentiate: logits (or log-probabilities) on [0, 1] inputs.
+
+        For randomized defences, ``fixed_noise`` draws the same ``noise_samples`` noise on every call
+        (a deterministic objective, SmoothAdv); otherwise every call draws fresh noise from a generator
+        seeded with ``noise_seed`` (EOT), so the attack is reproducible either way."""
+        raise NotImplementedError
+
+    def reseed(self, seed: int) -> None:
+        """Restart the estimator's own noise stream (used by estimator methods that take no seed, such
+        as ``loss_gradient`` inside ART's attacks), so a unit of work is reproducible on its own."""
+
+    def certify(self, x: np.ndarray, *, seed: int) -> CertificationResult:
+        raise TypeError(f"defence {self.name!r} ({self.kind}) does not certify")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+def batched_argmax(
+    model: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 1000
+) -> np.ndarray:
+    """Argmax labels of a logits model over ``x``, in batches, without gradients."""
+    model.eval()
+    labels = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch):
+            chunk = torch.as_tensor(x[start : start + batch], dtype=torch.float32, device=device)
+            labels.append(model(chunk).argmax(dim=1).cpu().numpy())
+    return np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+
+
+class PlainDefence(Defence):
+    """A deterministic classifier (undefended, or adversarially trained): labels are logits' argmax."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        estimator: Any,
+        model: torch.nn.Module,
+        identity: dict,
+        device: torch.device,
+    ) -> None:
+        super().__init__(name, kind, estimator, model, identity)
+        self.device = device
+
+    def predict(self, x: np.ndarray, *, seed: int) -> np.ndarray:
+        return batched_argmax(self.model, x, self.device)
+
+    def differentiable(
+        self, *, noise_samples: int, noise_seed: int, fixed_noise: bool = True
+    ) -> torch.nn.Module:
+        return self.model.eval()
+
+
+class SmoothedDefence(Defence):
+    """A smoothed classifier: any estimator with ``predict_labels``, ``certify_detailed`` and
+    ``smoothed_module`` (RandomizedSmoothingClassifier, DenoisedSmoothingClassifier, ...).
+
+    ``predict`` is Cohen's PREDICT with fresh noise (``predict_n`` samples at level ``predict_alpha``);
+    ``certify`` is CERTIFY with ``n0``/``n`` samples at level ``alpha``; ``differentiable`` is the smoothed
+    soft classifier over ``noise_samples`` draws, fixed by ``noise_seed`` when given (SmoothAdv) and fresh
+    on every call otherwise (EOT).
+    """
+
+    smoothed = True
+    randomized = True
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        estimator: Any,
+        model: torch.nn.Module,
+        identity: dict,
+        *,
+        sigma: float,
+        n0: int,
+        n: int,
+        alpha: float,
+        predict_n: int,
+        predict_alpha: float,
+        batch_size: int,
+        points: int,
+    ) -> None:
+        identity = {
+            **identity,
+            "sigma": sigma,
+            "n0": n0,
+            "n": n,
+            "alpha": alpha,
+            "predict_n": predict_n,
+            "predict_alpha": predict_alpha,
+        }
+        super().__init__(name, kind, estimator, model, identity)
+        self.sigma = float(sigma)
+        self.n0, self.n, self.alpha = int(n0), int(n), float(alpha)
+        self.predict_n, self.predict_alpha = int(predict_n), float(predict_alpha)
+        self.batch_size = int(batch_size)
+        self.points = int(points)
+
+    def predict(self, x: np.ndarray, *, seed: int) -> np.ndarray:
+        return self.estimator.predict_labels(
+            x, n=self.predict_n, alpha=self.predict_alpha, batch_size=self.batch_size, seed=seed
+        )
+
+    def certify(self, x: np.ndarray, *, seed: int) -> CertificationResult:
+        return self.estimator.certify_detailed(
+            x, self.n, self.batch_size, n0=self.n0, alpha=self.alpha, seed=seed
+        )
+
+    def differentiable(
+        self, *, noise_samples: int, noise_seed: int, fixed_noise: bool = True
+    ) -> torch.nn.Module:
+        # eval(): a module left in training mode is put back into training mode by torchattacks after
+        # an attack, which would switch the base model's batch norm to batch statistics (and update its
+        # running statistics) in later calls.
+        if fixed_noise:
+            return self.estimator.smoothed_module(num_samples=noise_samples, noise_seed=noise_seed).eval()
+        from art_smoothing_plugin import SmoothedSoftClassifier
+        from art_smoothing_plugin.sampling import make_generator
+
+        base = self.estimator.base_module()
+        device = next(base.parameters()).device
+        return SmoothedSoftClassifier(
+            base, self.sigma, noise_samples, generator=make_generator(noise_seed, device)
+        ).eval()
+
+    def reseed(self, seed: int) -> None:
+        self.estimator.seed = seed
+
+
+@dataclass(frozen=True)
+class DefenceKind:
+    """A registered kind of defence.
+
+    :ivar builder: ``"module:function"``; the function takes a :class:`BuildContext` and returns a list
+        of :class:`Defence`.
+    :ivar requires: the module that must import for this kind to be available.
+    :ivar trains_classifier: whether it trains its own classifier (then it cannot take a user's model).
+    :ivar section: smoothed kinds: the config section holding ``sigmas``, ``points``, ``n``, ``n0``.
+    :ivar name_format: the instance name, formatted with ``sigma`` (and the config section's keys).
+    """
+
+    name: str
+    builder: str | Callable[[BuildContext], list[Defence]]
+    description: str
+    smoothed: bool = False
+    trains_classifier: bool = False
+    requires: str = ""
+    section: str = ""
+    name_format: str = ""
+    _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def available(self) -> bool:
+        if not self.requires:
+            return True
+        if "ok" not in self._cache:
+            try:
+                importlib.import_module(self.requires)
+                self._cache["ok"] = True
+            except Exception:  # any import failure means "not available here"
+                self._cache["ok"] = False
+        return self._cache["ok"]
+
+    def build(self, context: BuildContext) -> list[Defence]:
+        if callable(self.builder):
+            return list(self.builder(context))
+        module_name, function = self.builder.split(":")
+        module = importlib.import_module(module_name, package=__name__)
+        return list(getattr(module, function)(context))
+
+    def instance_names(self, config: dict[str, Any]) -> list[tuple[str, float | None]]:
+        """``(name, sigma)`` of the defences this kind builds under ``config`` (without building them)."""
+        if not self.smoothed:
+            return [(self.name_format or self.name, None)]
+        section = config[self.section]
+        return [(self.name_format.format(sigma=s, **section), s) for s in section["sigmas"]]
+
+
+#: Every registered defence kind, by name (the names ``defences.enabled`` accepts).
+DEFENCE_KINDS: dict[str, DefenceKind] = {}
+
+
+def register_defence(kind: DefenceKind) -> DefenceKind:
+    """Add a defence kind to the registry (a new name, or replace one of the same name). The builder is
+    a callable or a ``"module:function"`` string imported when first used."""
+    if not callable(kind.builder) and ":" not in kind.builder:
+        raise ValueError(f"builder must be 'module:function', got {kind.builder!r}")
+    DEFENCE_KINDS[kind.name] = kind
+    return kind
+
+
+for _kind in (
+    DefenceKind("undefended", ".undefended:build_undefended", "the clean-trained classifier"),
+    DefenceKind(
+        "randomized_smoothing",
+        ".smoothing:build_randomized_smoothing",
+        "Cohen et al. randomized smoothing of a Gaussian-noise-trained classifier, one per sigma",
+        smoothed=True,
+        section="smoothing",
+        name_format="rs_sigma{sigma:g}",
+    ),
+    DefenceKind(
+        "denoised_smoothing",
+        ".smoothing:build_denoised_smoothing",
+        "Salman et al. denoised smoothing of the clean classifier with a trained denoiser, one per sigma",
+        smoothed=True,
+        requires="art_smoothing_plugin.estimators.denoised_smoothing",
+        section="denoised",
+        name_format="denoised_{denoiser}_sigma{sigma:g}",
+    ),
+    DefenceKind(
+        "adversarial_training_linf",
+        ".undefended:build_adversarial_training_linf",
+        "Madry et al. PGD adversarial training, L-inf",
+        trains_classifier=True,
+        requires="evaluations.defences.adversarial_training",
+    ),
+    DefenceKind(
+        "adversarial_training_l2",
+        ".undefended:build_adversarial_training_l2",
+        "Madry et al. PGD adversarial training, L2",
+        trains_classifier=True,
+        requires="evaluations.defences.adversarial_training",
+    ),
+    DefenceKind(
+        "feature_squeezing",
+        ".squeezed:build_feature_squeezing",
+        "Xu et al. feature squeezing: input transformation and detector",
+        requires="evaluations.defences.feature_squeezing",
+    ),
+):
+    register_defence(_kind)
+
+
+def build_defences(context: BuildContext) -> list[Defence]:
+    """Build every enabled defence, in the order of ``defences.enabled``."""
+    defences: list[Defence] = []
+    for name in context.config["defences"]["enabled"]:
+        defences.extend(DEFENCE_KINDS[name].build(context))
+    names = [d.name for d in defences]
+    if len(set(names)) != len(names):
+        raise ValueError(f"defence names must be unique within a run, got {names}")
+    return defences

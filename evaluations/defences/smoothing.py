@@ -1,0 +1,174 @@
+"""Smoothed classifiers as defences: randomized smoothing (one Gaussian-trained model per sigma) and
+denoised smoothing (the clean model behind a denoiser trained for each sigma).
+
+Both are :class:`~evaluations.defences.SmoothedDefence`: the pipeline certifies them, attacks the smoothed
+soft classifier, and answers with PREDICT on fresh noise. Diffusion denoised smoothing plugs in the same
+way: one more builder returning ``SmoothedDefence`` objects around its estimator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import DEFENCE_KINDS, BuildContext, SmoothedDefence
+
+__all__ = ["build_denoised_smoothing", "build_randomized_smoothing", "smoothed_defence"]
+
+
+def _art_device(context: BuildContext) -> str:
+    return "gpu" if context.device.type == "cuda" else "cpu"
+
+
+def smoothed_defence(
+    context: BuildContext,
+    name: str,
+    kind: str,
+    estimator: Any,
+    model: Any,
+    identity: dict,
+    sigma: float,
+    *,
+    n: int,
+    n0: int,
+    points: int,
+) -> SmoothedDefence:
+    """Wrap a smoothing estimator with the run's PREDICT and CERTIFY settings."""
+    settings = context.config["smoothing"]
+    return SmoothedDefence(
+        name,
+        kind,
+        estimator,
+        model,
+        identity,
+        sigma=sigma,
+        n0=n0,
+        n=n,
+        alpha=settings["alpha"],
+        predict_n=settings["predict_n"],
+        predict_alpha=settings["predict_alpha"],
+        batch_size=settings["batch_size"],
+        points=points,
+    )
+
+
+def build_randomized_smoothing(context: BuildContext) -> list[SmoothedDefence]:
+    from art_smoothing_plugin import RandomizedSmoothingClassifier
+
+    settings = context.config["smoothing"]
+    defences = []
+    for sigma in settings["sigmas"]:
+        model, key = context.models.classifier("gaussian", sigma=sigma)
+        estimator = RandomizedSmoothingClassifier(
+            model,
+            input_shape=context.dataset.input_shape,
+            nb_classes=context.models.nb_classes,
+            clip_values=(0.0, 1.0),
+            device_type=_art_device(context),
+            sample_size=context.config["attacks"]["noise_samples"],
+            scale=sigma,
+            alpha=settings["alpha"],
+            n0=settings["n0"],
+            batch_size=settings["batch_size"],
+            seed=context.config["run"]["seed"],
+        )
+        defences.append(
+            smoothed_defence(
+                context,
+                DEFENCE_KINDS["randomized_smoothing"].name_format.format(sigma=sigma),
+                "randomized_smoothing",
+                estimator,
+                model,
+                {"model": key},
+                sigma,
+                n=settings["n"],
+                n0=settings["n0"],
+                points=settings["points"],
+            )
+        )
+    return defences
+
+
+def _denoiser(context: BuildContext, sigma: float, classifier: Any, classifier_key: str):
+    """The denoiser for ``sigma``, trained once and cached (None for the no-denoiser baseline)."""
+    from art_smoothing_plugin.denoisers import (
+        DENOISER_ARCHITECTURES,
+        load_denoiser,
+        save_denoiser,
+        train_denoiser,
+    )
+
+    settings = context.config["denoised"]
+    if settings["denoiser"] == "none":
+        return None, "none"
+    architecture = DENOISER_ARCHITECTURES[settings["denoiser"]]
+    spec = {
+        "kind": "denoiser",
+        "architecture": settings["denoiser"],
+        "kwargs": settings["denoiser_kwargs"],
+        "sigma": sigma,
+        "objective": settings["objective"],
+        "epochs": settings["denoiser_epochs"],
+        "batch_size": context.config["model"]["batch_size"],
+        "dataset": context.dataset.name,
+        "seed": context.config["run"]["seed"],
+        # Stability objectives train through the classifier: its identity is part of the denoiser's.
+        "classifier": classifier_key if settings["objective"] != "mse" else None,
+    }
+
+    def build():
+        return architecture(channels=context.dataset.input_shape[0], **settings["denoiser_kwargs"])
+
+    def train(denoiser) -> dict:
+        history = train_denoiser(
+            denoiser,
+            context.dataset.x_train,
+            sigma,
+            settings["objective"],
+            classifier=classifier if settings["objective"] != "mse" else None,
+            nb_epochs=settings["denoiser_epochs"],
+            batch_size=context.config["model"]["batch_size"],
+            seed=spec["seed"],
+            progress=context.progress,
+        )
+        return {"history": getattr(history, "__dict__", {})}
+
+    label = f"denoiser-{settings['denoiser']}-sigma{sigma:g}"
+    return context.models.cached(label, spec, build, train, save=save_denoiser, load=load_denoiser)
+
+
+def build_denoised_smoothing(context: BuildContext) -> list[SmoothedDefence]:
+    from art_smoothing_plugin.estimators.denoised_smoothing import DenoisedSmoothingClassifier
+
+    settings = context.config["denoised"]
+    classifier, classifier_key = context.models.classifier("clean")
+    defences = []
+    for sigma in settings["sigmas"]:
+        denoiser, denoiser_key = _denoiser(context, sigma, classifier, classifier_key)
+        estimator = DenoisedSmoothingClassifier(
+            classifier,
+            denoiser,
+            input_shape=context.dataset.input_shape,
+            nb_classes=context.models.nb_classes,
+            scale=sigma,
+            clip_values=(0.0, 1.0),
+            alpha=context.config["smoothing"]["alpha"],
+            sample_size=context.config["attacks"]["noise_samples"],
+            n0=settings["n0"],
+            seed=context.config["run"]["seed"],
+            batch_size=context.config["smoothing"]["batch_size"],
+        )
+        defences.append(
+            smoothed_defence(
+                context,
+                DEFENCE_KINDS["denoised_smoothing"].name_format.format(sigma=sigma, **settings),
+                "denoised_smoothing",
+                estimator,
+                classifier,
+                {"model": classifier_key, "denoiser": denoiser_key, "objective": settings["objective"]},
+                sigma,
+                n=settings["n"],
+                n0=settings["n0"],
+                points=settings["points"],
+            )
+        )
+    return defences

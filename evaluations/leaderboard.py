@@ -1,0 +1,251 @@
+"""Instructor mode: evaluate a folder of submissions and write one leaderboard beside their reports.
+
+Layout of the submissions folder: one sub-folder per submission (its name is the submission's name),
+holding the model code, the weights and optionally ``submission.toml`` (or ``.json``) with a ``[model]``
+table (``module``, ``weights``, ``kwargs``, ``mean``, ``std``, ``nb_classes``) and a ``[smoothing]``
+table (``sigmas``: the noise level(s) the student trained for). Without that file the defaults are
+``module = "model.py:Model"`` and the one ``.pt``/``.pth``/``.safetensors`` file of the folder. Paths are
+relative to the submission's folder.
+
+IMPORTING A SUBMISSION'S MODEL RUNS ITS CODE with the instructor's permissions. Weights are loaded without
+running code, but the model class is Python the student wrote: run instructor mode in a container or
+a throwaway account when submissions are not trusted.
+
+Every submission is validated first (config, import, weights, output shape); one that fails gets a row
+with its error and the others still run. Defences that train their own classifier (adversarial
+training) are left out: a submission is evaluated as given, undefended, under feature squeezing, and
+smoothed at its sigmas. Output: ``<out>/<submission>/`` (each one's full report) and
+``<out>/leaderboard.md``, ``.tsv`` and ``.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, load_config_file, resolve_config
+from .defences import DEFENCE_KINDS
+from .storage import atomic_write_json, atomic_write_text
+
+__all__ = ["Submission", "discover_submissions", "leaderboard_rows", "run_leaderboard"]
+
+_ALLOWED = {"model": None, "smoothing": {"sigmas"}}
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+@dataclass
+class Submission:
+    name: str
+    folder: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _submission_config(folder: Path) -> dict[str, Any]:
+    for candidate in ("submission.toml", "submission.json"):
+        path = folder / candidate
+        if path.is_file():
+            data = load_config_file(path)
+            for section, keys in data.items():
+                if section not in _ALLOWED:
+                    raise ConfigError(
+                        f"{candidate}:{section}", "only [model] and [smoothing] tables", show_got=False
+                    )
+                if _ALLOWED[section] is not None and set(keys) - _ALLOWED[section]:
+                    raise ConfigError(
+                        f"{candidate}:{section}", f"only keys {sorted(_ALLOWED[section])}", sorted(keys)
+                    )
+            return data
+    return {}
+
+
+def discover_submissions(folder: str | Path) -> list[Submission]:
+    """Every sub-folder of ``folder`` as a :class:`Submission` (with ``error`` set when its files are
+    incomplete), sorted by name."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise ConfigError("--submissions", "a folder of submission folders", str(root))
+    submissions = []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        submission = Submission(sub.name, sub.resolve())
+        try:
+            data = _submission_config(sub)
+            model = dict(data.get("model", {}))
+            module = model.get("module", "model.py:Model")
+            target, _, attribute = str(module).rpartition(":")
+            if target.endswith(".py") and not Path(target).is_absolute():
+                module = f"{(sub / target).resolve()}:{attribute}"
+            model["module"] = module
+            weights = model.get("weights")
+            if not weights:
+                found = sorted(p for p in sub.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+                if len(found) != 1:
+                    raise ConfigError(
+                        "model.weights",
+                        f"one {'/'.join(_WEIGHT_SUFFIXES)} file in the submission folder, or "
+                        "model.weights in submission.toml",
+                        [p.name for p in found],
+                    )
+                weights = found[0].name
+            model["weights"] = str((sub / weights).resolve()) if not Path(weights).is_absolute() else weights
+            submission.overrides = {
+                "model": model,
+                **({"smoothing": data["smoothing"]} if "smoothing" in data else {}),
+            }
+        except ConfigError as error:
+            submission.error = str(error)
+        submissions.append(submission)
+    if not submissions:
+        raise ConfigError("--submissions", "a folder holding at least one submission folder", str(root))
+    return submissions
+
+
+def _config_for(submission: Submission, preset, file_config, overrides, limit) -> dict[str, Any]:
+    base = copy.deepcopy(dict(file_config or {}))
+    for section, values in submission.overrides.items():
+        base.setdefault(section, {}).update(values)
+    probe = resolve_config(preset, {k: v for k, v in base.items() if k != "model"}, overrides, limit)
+    enabled = [d for d in probe["defences"]["enabled"] if not DEFENCE_KINDS[d].trains_classifier]
+    base.setdefault("defences", {})["enabled"] = enabled
+    return resolve_config(preset, base, overrides, limit)
+
+
+def leaderboard_rows(reports: dict[str, dict[str, Any] | str]) -> tuple[list[str], list[list[Any]], str]:
+    """``(header, rows, ranking note)`` from each submission's results (or its error message)."""
+    sample = next((r for r in reports.values() if isinstance(r, dict)), None)
+    header = ["rank", "submission", "status", "clean accuracy (%)"]
+    eps_columns: list[tuple[str, float]] = []
+    radii: list[float] = []
+    if sample is not None:
+        config = sample["config"]
+        eps_columns = [("linf", e) for e in config["attacks"]["linf_eps"]] + [
+            ("l2", e) for e in config["attacks"]["l2_eps"]
+        ]
+        radii = [r for r in config["report"]["radius_grid"] if r > 0]
+    header += [f"robust {'L∞' if n == 'linf' else 'L2'} ε={e:g} (%)" for n, e in eps_columns]
+    header += [f"certified r={r:g} (%)" for r in radii] + ["ACR", "certificate check"]
+    scored = []
+    for name, report in reports.items():
+        if not isinstance(report, dict):
+            scored.append((float("-inf"), [name, f"invalid: {report}"] + [""] * (len(header) - 3)))
+            continue
+        undefended = report["defences"].get("undefended", {})
+        cells: list[Any] = [name, "ok", _pct(undefended.get("clean_accuracy"))]
+        robust_values = []
+        for norm, eps in eps_columns:
+            worst = undefended.get("empirical", {}).get(norm, {}).get("worst_case")
+            value = worst["accuracy"][worst["eps"].index(eps)] if worst and eps in worst["eps"] else None
+            robust_values.append(value)
+            cells.append(_pct(value))
+        smoothed = [e for e in report["defences"].values() if e.get("certified")]
+        best = max(smoothed, key=lambda e: e["certified"]["acr"], default=None)
+        for radius in radii:
+            value = None
+            if best is not None and radius in best["certified"]["radius_grid"]:
+                value = best["certified"]["accuracy"][best["certified"]["radius_grid"].index(radius)]
+            cells.append(_pct(value))
+        cells.append(f"{best['certified']['acr']:.3f}" if best else "")
+        flagged = [e["certificate_check"]["flagged"] for e in smoothed if "certificate_check" in e]
+        cells.append("" if not flagged else ("FLAGGED" if any(flagged) else "passed"))
+        known = [v for v in robust_values if v is not None]
+        score = best["certified"]["acr"] if best else (sum(known) / len(known) if known else float("-inf"))
+        scored.append((score, cells))
+    note = (
+        "Ranked by the average certified radius (ACR) of the submission's best sigma"
+        if sample is not None
+        and any(
+            e.get("certified")
+            for r in reports.values()
+            if isinstance(r, dict)
+            for e in r["defences"].values()
+        )
+        else "Ranked by the mean worst-case robust accuracy of the submitted model over every epsilon"
+    )
+    rows = [[rank, *cells] for rank, (_, cells) in enumerate(sorted(scored, key=lambda s: -s[0]), start=1)]
+    return header, rows, note
+
+
+def _pct(value: Any) -> str:
+    return "" if value is None else f"{100.0 * float(value):.1f}"
+
+
+def _write(out: Path, reports: dict[str, dict[str, Any] | str]) -> None:
+    header, rows, note = leaderboard_rows(reports)
+    lines = [
+        "# Leaderboard",
+        "",
+        note + ". Each submission's full report is in its own folder.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in rows:
+        name = row[1]
+        link = f"[{name}]({name}/report.md)" if row[2] == "ok" else name
+        lines.append("| " + " | ".join(str(c) for c in [row[0], link, *row[2:]]) + " |")
+    atomic_write_text(out / "leaderboard.md", "\n".join(lines) + "\n")
+    atomic_write_text(
+        out / "leaderboard.tsv", "\n".join("\t".join(map(str, r)) for r in [header, *rows]) + "\n"
+    )
+    atomic_write_json(out / "leaderboard.json", {"header": header, "rows": rows, "ranking": note})
+
+
+def run_leaderboard(
+    submissions_dir: str | Path,
+    out: str | Path,
+    *,
+    preset: str | None = None,
+    file_config: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+    limit: int | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    dry_run: bool = False,
+    log=None,
+) -> dict[str, dict[str, Any] | str]:
+    """Validate every submission, run the valid ones, write the leaderboard; returns name -> results
+    (or the error message of an invalid submission)."""
+    from .pipeline import Pipeline
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    out = Path(out)
+    reports: dict[str, dict[str, Any] | str] = {}
+    pipelines: dict[str, Pipeline] = {}
+    for submission in discover_submissions(submissions_dir):
+        if submission.error:
+            reports[submission.name] = submission.error
+            continue
+        try:
+            config = _config_for(submission, preset, file_config, overrides, limit)
+            pipeline = Pipeline(
+                config,
+                out / submission.name,
+                cache_dir=cache_dir,
+                progress=progress,
+                log=log,
+                search_path=submission.folder,
+            )
+            pipeline.prepare()
+            pipelines[submission.name] = pipeline
+            log(f"submission {submission.name}: valid")
+        except ConfigError as error:
+            reports[submission.name] = str(error)
+            log(f"submission {submission.name}: INVALID: {error}")
+    if dry_run:
+        for name in pipelines:
+            reports[name] = "valid (dry run: not evaluated)"
+        out.mkdir(parents=True, exist_ok=True)
+        _write(out, reports)
+        return reports
+    for name, pipeline in pipelines.items():
+        log(f"submission {name}: evaluating")
+        try:
+            reports[name] = pipeline.run()
+        except Exception as error:  # one broken submission must not stop the others
+            reports[name] = f"failed during evaluation: {type(error).__name__}: {error}"
+        _write(out, {n: reports.get(n, "pending") for n in [*reports, *pipelines]})
+    _write(out, reports)
+    return reports

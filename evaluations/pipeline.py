@@ -1,0 +1,435 @@
+"""The evaluation pipeline: data -> models -> defences -> clean -> certify -> attacks -> certificate check ->
+metrics -> report, with stage timings, progress bars and resume.
+
+Every long stage is cut into units of work (one defence, one attack, one norm, one epsilon, one chunk of
+``run.chunk_size`` test points). Each unit's result is a checkpoint file keyed by a hash of everything that
+produced it (:class:`~evaluations.storage.WorkStore`), written atomically; a rerun with the same
+configuration and output folder reuses every finished unit and computes only the rest, so an interrupted
+run loses at most the unit it was in. Each unit draws its randomness from a seed derived from the run's
+seed and the unit's name (:func:`~evaluations.storage.derive_seed`), so a resumed run gives the same
+numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .attacks import Attack, build_attacks
+from .config import config_hash
+from .data import Dataset, load_dataset
+from .defences import BuildContext, Defence, build_defences
+from .models import DEFAULT_CACHE_DIR, ModelStore
+from .storage import WorkStore, atomic_write_json, derive_seed
+
+__all__ = ["Pipeline", "RunData", "package_versions", "read_events", "resolve_device"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .config import ConfigError
+
+        raise ConfigError("run.device", "'cpu' or 'auto' (no CUDA device is available here)", name)
+    return torch.device(name)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and of every package that affects the numbers."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name, module in (
+        ("torch", "torch"),
+        ("numpy", "numpy"),
+        ("scipy", "scipy"),
+        ("art", "art"),
+        ("torchattacks", "torchattacks"),
+        ("scikit-learn", "sklearn"),
+        ("art-smoothing-plugin", "art_smoothing_plugin"),
+    ):
+        try:
+            versions[name] = str(__import__(module).__version__)
+        except Exception:  # not installed or no version: record that, never fail a run for it
+            versions[name] = "unavailable"
+    return versions
+
+
+class RunData:
+    """Everything the stages produce, kept in memory for the metrics and the report."""
+
+    def __init__(self) -> None:
+        self.clean: dict[str, dict[str, np.ndarray]] = {}  # defence -> {"idx","label","predict","detected"}
+        self.certified: dict[str, dict[str, np.ndarray]] = {}  # defence -> certification arrays
+        self.empirical: list[dict[str, Any]] = []  # one dict of arrays per (defence, attack, norm, eps)
+        self.checks: dict[str, dict[str, np.ndarray]] = {}  # defence -> certificate-check arrays
+
+
+def _chunks(count: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _distances(x: np.ndarray, x_adv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    delta = (x_adv.astype(np.float64) - x.astype(np.float64)).reshape(len(x), -1)
+    return np.linalg.norm(delta, axis=1), np.abs(delta).max(axis=1) if len(x) else np.zeros(0)
+
+
+class Pipeline:
+    """One evaluation run.
+
+    :param config: a validated configuration (:func:`evaluations.config.resolve_config`).
+    :param out_dir: where results, checkpoints and the report go; rerunning with the same folder resumes.
+    :param cache_dir: trained-model cache (default ``~/.cache/art-smoothing/models``).
+    :param progress: tqdm progress bars.
+    :param log: receives one line per notable event (stage start/end, training, resume counts).
+    :param search_path: folder searched first when importing a user's model (a submission's folder).
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        out_dir: str | Path,
+        *,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] | None = None,
+        search_path: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
+        self.progress = progress
+        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        self.search_path = search_path
+        self.device = resolve_device(config["run"]["device"])
+        self.store = WorkStore(self.out_dir / "checkpoints", self.out_dir / "events.jsonl")
+        self.timings: dict[str, float] = {}
+        self.data = RunData()
+        self.dataset: Dataset | None = None
+        self.models: ModelStore | None = None
+        self.defences: list[Defence] = []
+        self.attacks: list[Attack] = []
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage (added to :attr:`timings`) and log its start and end."""
+        self.log(f"[{name}] start")
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.timings[name] = self.timings.get(name, 0.0) + seconds
+            self.log(f"[{name}] {seconds:.1f} s")
+
+    def _bar(self, total: int, desc: str) -> tqdm:
+        return tqdm(total=total, desc=desc, unit="unit", disable=not self.progress, leave=False)
+
+    def seed(self, *parts: Any) -> int:
+        return derive_seed(self.config["run"]["seed"], *parts)
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Cheap checks that must pass before any long work: load the data, import and check a user's
+        model (raises :class:`~evaluations.config.ConfigError`), create the output folder."""
+        threads = self.config["run"]["threads"]
+        if threads:
+            torch.set_num_threads(threads)
+        with self.stage("data"):
+            section = self.config["dataset"]
+            self.dataset = load_dataset(section["name"], path=section["path"] or None, root=section["root"])
+        self.models = ModelStore(
+            self.config, self.dataset, self.cache_dir, self.device, self.progress, self.log, self.search_path
+        )
+        if self.models.user_model:
+            self.models.load_user()
+        self.attacks = build_attacks(self.config)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out_dir / "config.json", self.config)
+
+    def points(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first ``count`` test points of the fixed split (already shuffled and stratified)."""
+        assert self.dataset is not None
+        count = min(count, len(self.dataset.x_test))
+        return np.arange(count), self.dataset.x_test[:count], self.dataset.y_test[:count]
+
+    def attack_points(self, defence: Defence) -> int:
+        if defence.kind == "denoised_smoothing":
+            return self.config["denoised"]["attack_points"]
+        return self.config["attacks"]["points"]
+
+    def build(self) -> None:
+        assert self.dataset is not None and self.models is not None
+        with self.stage("models"):
+            context = BuildContext(
+                self.dataset, self.config, self.models, self.device, self.progress, self.log
+            )
+            self.defences = build_defences(context)
+        for event in self.models.events:
+            self.log(f"model {event['name']}: {event['status']} ({event['seconds']:.1f} s)")
+
+    def unit_key(self, defence: Defence, **extra: Any) -> dict[str, Any]:
+        assert self.dataset is not None
+        return {
+            "defence": defence.identity,
+            "dataset": self.dataset.name,
+            "seed": self.config["run"]["seed"],
+            "chunk_size": self.config["run"]["chunk_size"],
+            **extra,
+        }
+
+    def run_clean(self) -> None:
+        size = self.config["run"]["chunk_size"]
+        units = [
+            (d, c) for d in self.defences for c in _chunks(len(self.points(self.attack_points(d))[0]), size)
+        ]
+        with self.stage("clean"), self._bar(len(units), "clean predictions") as bar:
+            for defence in self.defences:
+                index, x, y = self.points(self.attack_points(defence))
+                parts = []
+                for start, stop in _chunks(len(index), size):
+
+                    def compute(start=start, stop=stop, defence=defence, x=x) -> dict[str, np.ndarray]:
+                        seed = self.seed("clean", defence.name, start)
+                        predictions = defence.predict(x[start:stop], seed=seed)
+                        detected = defence.detect(x[start:stop])
+                        return {"predict": predictions, "detected": _detected(detected, stop - start)}
+
+                    key = self.unit_key(defence, stage="clean", start=start, stop=stop)
+                    parts.append(self.store.fetch("clean", f"{defence.name}-{start}", key, compute))
+                    bar.update()
+                self.data.clean[defence.name] = {
+                    "idx": index,
+                    "label": y,
+                    "predict": _concat(parts, "predict", np.int64),
+                    "detected": _concat(parts, "detected", np.int8),
+                }
+
+    def run_certify(self) -> None:
+        size = self.config["run"]["chunk_size"]
+        smoothed = [d for d in self.defences if d.smoothed]
+        units = sum(len(_chunks(len(self.points(d.points)[0]), size)) for d in smoothed)
+        with self.stage("certify"), self._bar(units, "certify") as bar:
+            for defence in smoothed:
+                index, x, y = self.points(defence.points)
+                parts = []
+                for start, stop in _chunks(len(index), size):
+
+                    def compute(start=start, stop=stop, defence=defence, x=x) -> dict[str, np.ndarray]:
+                        begin = time.perf_counter()
+                        result = defence.certify(
+                            x[start:stop], seed=self.seed("certify", defence.name, start)
+                        )
+                        seconds = time.perf_counter() - begin
+                        return {
+                            "labels": result.labels,
+                            "radii": result.radii,
+                            "p_lower": result.p_lower,
+                            "candidates": result.candidates,
+                            "counts_top": result.counts_top,
+                            "samples_used": result.samples_used,
+                            "time": np.full(stop - start, seconds / max(1, stop - start)),
+                        }
+
+                    key = self.unit_key(defence, stage="certify", start=start, stop=stop)
+                    parts.append(self.store.fetch("certify", f"{defence.name}-{start}", key, compute))
+                    bar.update()
+                self.data.certified[defence.name] = {
+                    "idx": index,
+                    "label": y,
+                    **{name: _concat(parts, name) for name in parts[0] if not name.startswith("_")},
+                }
+
+    def attack_plan(self) -> list[tuple[Defence, Attack, str, float]]:
+        grid = {"linf": self.config["attacks"]["linf_eps"], "l2": self.config["attacks"]["l2_eps"]}
+        plan = []
+        for defence in self.defences:
+            if self.attack_points(defence) == 0:
+                continue
+            for attack in self.attacks:
+                if not attack.applies_to(defence):
+                    continue
+                for norm in attack.norms:
+                    plan.extend((defence, attack, norm, float(eps)) for eps in grid[norm] if eps > 0)
+        return plan
+
+    def run_attacks(self) -> None:
+        size = self.config["run"]["chunk_size"]
+        plan = self.attack_plan()
+        units = sum(len(_chunks(len(self.points(self.attack_points(d))[0]), size)) for d, *_ in plan)
+        with self.stage("attacks"), self._bar(units, "attacks") as bar:
+            for defence, attack, norm, eps in plan:
+                index, x, y = self.points(self.attack_points(defence))
+                parts = []
+                for start, stop in _chunks(len(index), size):
+                    unit = f"{defence.name}-{attack.name}-{norm}-{eps:g}-{start}"
+
+                    def compute(
+                        start=start,
+                        stop=stop,
+                        defence=defence,
+                        attack=attack,
+                        norm=norm,
+                        eps=eps,
+                        x=x,
+                        y=y,
+                        unit=unit,
+                    ):
+                        seed = self.seed("attack", defence.name, attack.name, norm, eps, start)
+                        adversarial = attack.perturb(
+                            defence, x[start:stop], y[start:stop], norm=norm, eps=eps, seed=seed
+                        )
+                        l2, linf = _distances(x[start:stop], adversarial)
+                        return {
+                            "predict": defence.predict(adversarial, seed=self.seed("predict", unit)),
+                            "detected": _detected(defence.detect(adversarial), stop - start),
+                            "l2_distance": l2,
+                            "linf_distance": linf,
+                        }
+
+                    key = self.unit_key(
+                        defence, stage="attack", attack=attack.identity(norm), eps=eps, start=start, stop=stop
+                    )
+                    parts.append(self.store.fetch("attacks", unit, key, compute))
+                    bar.update()
+                self.data.empirical.append(
+                    {
+                        "defence": defence.name,
+                        "attack": attack.name,
+                        "norm": norm,
+                        "eps": eps,
+                        "idx": index,
+                        "label": y,
+                        "predict": _concat(parts, "predict", np.int64),
+                        "detected": _concat(parts, "detected", np.int8),
+                        "l2_distance": _concat(parts, "l2_distance"),
+                        "linf_distance": _concat(parts, "linf_distance"),
+                    }
+                )
+
+    def run_certificate_check(self) -> None:
+        """Attack every certified point (up to ``certificate_check.points``) with SmoothAdv at
+        ``radius_factor`` times its own certified radius, towards leaving its certified class, and PREDICT
+        with fresh noise; a non-abstained answer other than the certified class is a flip."""
+        section = self.config["certificate_check"]
+        if not section["enabled"]:
+            return
+        from .attacks import AttackSettings
+        from .attacks.smoothadv import SmoothAdv
+
+        settings = AttackSettings.from_config(self.config)
+        attack = SmoothAdv(settings)
+        size = self.config["run"]["chunk_size"]
+        jobs = []
+        for defence in self.defences:
+            if not defence.smoothed or defence.name not in self.data.certified:
+                continue
+            certified = self.data.certified[defence.name]
+            chosen = np.flatnonzero(certified["labels"] != -1)[: section["points"]]
+            jobs.append((defence, chosen))
+        units = sum(len(_chunks(len(chosen), size)) for _, chosen in jobs)
+        with self.stage("certificate_check"), self._bar(units, "certificate check") as bar:
+            for defence, chosen in jobs:
+                certified = self.data.certified[defence.name]
+                x = self.dataset.x_test[certified["idx"][chosen]]
+                target = certified["labels"][chosen]
+                budget = section["radius_factor"] * certified["radii"][chosen]
+                parts = []
+                for start, stop in _chunks(len(chosen), size):
+                    unit = f"{defence.name}-{start}"
+
+                    def compute(
+                        start=start, stop=stop, defence=defence, x=x, target=target, budget=budget, unit=unit
+                    ):
+                        seed = self.seed("check", defence.name, start)
+                        adversarial = attack.perturb(
+                            defence,
+                            x[start:stop],
+                            target[start:stop],
+                            norm="l2",
+                            eps=budget[start:stop],
+                            seed=seed,
+                            steps=section["steps"],
+                        )
+                        l2, _ = _distances(x[start:stop], adversarial)
+                        return {
+                            "predict": defence.predict(adversarial, seed=self.seed("check-predict", unit)),
+                            "l2_distance": l2,
+                        }
+
+                    key = self.unit_key(
+                        defence,
+                        stage="certificate_check",
+                        check={k: section[k] for k in ("steps", "radius_factor")},
+                        attack=attack.identity("l2"),
+                        targets=config_hash(target[start:stop].tolist()),
+                        budgets=config_hash(np.round(budget[start:stop], 10).tolist()),
+                    )
+                    parts.append(self.store.fetch("certificate_check", unit, key, compute))
+                    bar.update()
+                predictions = _concat(parts, "predict", np.int64) if parts else np.zeros(0, np.int64)
+                self.data.checks[defence.name] = {
+                    "idx": certified["idx"][chosen],
+                    "certified_label": target,
+                    "radius": certified["radii"][chosen],
+                    "eps": budget,
+                    "predict": predictions,
+                    "l2_distance": _concat(parts, "l2_distance") if parts else np.zeros(0),
+                }
+
+    # -- the whole run ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run every stage (reusing finished units) and write the report; returns ``results.json``'s dict."""
+        from .report import summarise, write_report
+
+        started = time.perf_counter()
+        if self.dataset is None:
+            self.prepare()
+        if not self.defences:
+            self.build()
+        self.run_clean()
+        self.run_certify()
+        self.run_attacks()
+        self.run_certificate_check()
+        with self.stage("metrics"):
+            results = summarise(self)
+        with self.stage("report"):
+            write_report(self, results)
+        results["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
+        atomic_write_json(self.out_dir / "results.json", results)  # now with the report stage's time
+        total = time.perf_counter() - started
+        self.log(
+            f"done in {total:.1f} s: {self.store.count('computed')} units computed, "
+            f"{self.store.count('reused')} reused; report at {self.out_dir / 'report.md'}"
+        )
+        return results
+
+
+def _detected(flags: np.ndarray | None, count: int) -> np.ndarray:
+    """Detector flags as int8 (1 flagged, 0 not, -1 when the defence has no detector)."""
+    if flags is None:
+        return np.full(count, -1, dtype=np.int8)
+    return np.asarray(flags, dtype=bool).astype(np.int8)
+
+
+def _concat(parts: list[dict[str, np.ndarray]], name: str, dtype: Any = None) -> np.ndarray:
+    array = np.concatenate([np.atleast_1d(p[name]) for p in parts]) if parts else np.zeros(0)
+    return array.astype(dtype) if dtype is not None else array
+
+
+def read_events(out_dir: str | Path) -> list[dict[str, Any]]:
+    """Every event logged in ``<out_dir>/events.jsonl`` (all runs that wrote there, oldest first)."""
+    path = Path(out_dir) / "events.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

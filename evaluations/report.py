@@ -1,0 +1,639 @@
+"""Metrics and report stages: from the pipeline's per-example arrays to ``results.json``, the per-example
+TSV files, the Markdown report and the PNG plots.
+
+The numbers all come from :mod:`evaluations.metrics`; this module only arranges them. Layout of the
+output folder (documented in docs/results-schema.md):
+
+* ``results.json`` -- the run summary (:data:`evaluations.schema.SCHEMA_VERSION`);
+* ``certify-<defence>.tsv`` -- Cohen's columns (idx, label, predict, radius, correct, time) then ours;
+* ``empirical.tsv`` -- one row per (defence, attack, norm, eps, test point), clean predictions included;
+* ``certificate_check.tsv`` -- one row per attacked certified point;
+* ``report.md`` and ``plots/*.png``;
+* ``config.json``, ``events.jsonl`` and ``checkpoints/`` (resume state).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from art_smoothing_plugin import statistics
+
+from . import metrics
+from .cohen_logs import write_certify_log
+from .schema import CHECK_COLUMNS, EMPIRICAL_COLUMNS, SCHEMA_VERSION
+from .storage import atomic_write_json, atomic_write_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import Pipeline
+
+__all__ = ["summarise", "worst_case", "write_report"]
+
+
+def _floats(values: Any) -> list[float]:
+    return [float(v) for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def worst_case(entries: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per test point, over several attacks at one (norm, eps): ``robust`` (correct under every attack),
+    ``wrong`` (some attack made it answer another class) and ``abstain_only`` (not robust, and every
+    failure was an abstention). All entries must cover the same points."""
+    labels = entries[0]["label"]
+    correct = np.ones(len(labels), dtype=bool)
+    wrong = np.zeros(len(labels), dtype=bool)
+    detected_all = np.ones(len(labels), dtype=bool)
+    for entry in entries:
+        if not np.array_equal(entry["idx"], entries[0]["idx"]):
+            raise ValueError("worst_case needs every attack on the same test points")
+        prediction = entry["predict"]
+        correct &= prediction == labels
+        wrong |= (prediction != labels) & (prediction != metrics.ABSTAIN)
+        detected_all &= entry["detected"] == 1
+    return {
+        "robust": correct,
+        "wrong": wrong,
+        "abstain_only": ~correct & ~wrong,
+        "detected_all": detected_all,
+    }
+
+
+def _corrected_curve(
+    certified: dict[str, np.ndarray], alpha: float, sigma: float, n: int, grid
+) -> np.ndarray:
+    """Certified accuracy when the same counts certify at level ``alpha`` (e.g. alpha / k)."""
+    p_lower = np.atleast_1d(statistics.clopper_pearson_lower(certified["counts_top"], n, alpha))
+    ok = p_lower > 0.5
+    radii = np.where(ok, np.atleast_1d(statistics.certified_radius(np.where(ok, p_lower, 0.75), sigma)), 0.0)
+    labels = np.where(ok, certified["candidates"], metrics.ABSTAIN)
+    return metrics.certified_accuracy(labels, radii, certified["label"], grid)
+
+
+def summarise(pipeline: Pipeline) -> dict[str, Any]:
+    """The run summary (``results.json``) from the pipeline's arrays, through :mod:`evaluations.metrics`."""
+    config = pipeline.config
+    grid = np.asarray(config["report"]["radius_grid"], dtype=np.float64)
+    data = pipeline.data
+    defences: dict[str, Any] = {}
+    for defence in pipeline.defences:
+        entry: dict[str, Any] = {"kind": defence.kind, "sigma": defence.sigma, "smoothed": defence.smoothed}
+        clean = data.clean.get(defence.name)
+        if clean is not None and len(clean["label"]):
+            entry["clean_accuracy"] = metrics.accuracy(clean["predict"], clean["label"])
+            entry["clean_abstain"] = metrics.abstain_rate(clean["predict"])
+            entry["clean_points"] = len(clean["label"])
+            if defence.has_detector:
+                entry["clean_detected"] = float(np.mean(clean["detected"] == 1))
+        certified = data.certified.get(defence.name)
+        if certified is not None:
+            entry["certified"] = {
+                "points": len(certified["label"]),
+                "n0": defence.n0,
+                "n": defence.n,
+                "alpha": defence.alpha,
+                "max_certifiable_radius": statistics.max_certifiable_radius(
+                    defence.n, defence.alpha, defence.sigma
+                ),
+                "radius_grid": _floats(grid),
+                "accuracy": _floats(
+                    metrics.certified_accuracy(
+                        certified["labels"], certified["radii"], certified["label"], grid
+                    )
+                ),
+                "acr": metrics.average_certified_radius(
+                    certified["labels"], certified["radii"], certified["label"]
+                ),
+                "abstain": metrics.abstain_rate(certified["labels"]),
+                "seconds_per_point": float(np.mean(certified["time"])),
+            }
+        empirical: dict[str, Any] = {}
+        for norm in ("linf", "l2"):
+            runs = [e for e in data.empirical if e["defence"] == defence.name and e["norm"] == norm]
+            if not runs:
+                continue
+            table: dict[str, Any] = {}
+            for attack in dict.fromkeys(e["attack"] for e in runs):
+                chosen = sorted((e for e in runs if e["attack"] == attack), key=lambda e: e["eps"])
+                table[attack] = {
+                    "eps": [e["eps"] for e in chosen],
+                    "accuracy": [metrics.accuracy(e["predict"], e["label"]) for e in chosen],
+                    "abstain": [metrics.abstain_rate(e["predict"]) for e in chosen],
+                    "detected": [float(np.mean(e["detected"] == 1)) for e in chosen]
+                    if defence.has_detector
+                    else None,
+                }
+            eps_values = sorted({e["eps"] for e in runs})
+            worst = [worst_case([e for e in runs if e["eps"] == eps]) for eps in eps_values]
+            table["worst_case"] = {
+                "eps": eps_values,
+                "accuracy": [float(np.mean(w["robust"])) for w in worst],
+                "abstain": [float(np.mean(w["abstain_only"])) for w in worst],
+                "attacks": list(dict.fromkeys(e["attack"] for e in runs)),
+            }
+            if defence.has_detector:
+                table["worst_case"]["correct_or_detected"] = [
+                    float(np.mean(w["robust"] | w["detected_all"])) for w in worst
+                ]
+            empirical[norm] = table
+        entry["empirical"] = empirical
+        check = data.checks.get(defence.name)
+        if check is not None:
+            entry["certificate_check"] = _certificate_check(pipeline, defence, check)
+        if certified is not None and "l2" in empirical:
+            entry["gaps"] = _gaps(data, defence, empirical["l2"]["worst_case"]["eps"])
+        defences[defence.name] = entry
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "versions": _versions(),
+        "dataset": _dataset_summary(pipeline),
+        "timings": {k: round(v, 3) for k, v in pipeline.timings.items()},
+        "work": {
+            "units_computed": pipeline.store.count("computed"),
+            "units_reused": pipeline.store.count("reused"),
+            "models": pipeline.models.events if pipeline.models else [],
+        },
+        "defences": defences,
+        "envelopes": _envelopes(pipeline, grid),
+    }
+
+
+def _versions() -> dict[str, str]:
+    from .pipeline import package_versions
+
+    return package_versions()
+
+
+def _dataset_summary(pipeline: Pipeline) -> dict[str, Any]:
+    dataset = pipeline.dataset
+    assert dataset is not None
+    return {
+        "name": dataset.name,
+        "train": len(dataset.x_train),
+        "test": len(dataset.x_test),
+        "input_shape": list(dataset.input_shape),
+        "nb_classes": dataset.nb_classes,
+    }
+
+
+def _certificate_check(pipeline: Pipeline, defence: Any, check: dict[str, np.ndarray]) -> dict[str, Any]:
+    """B's certificate_check on the flips, against the rate a sound certifier allows: a certificate fails
+    with probability <= alpha, and PREDICT answers a class other than g's with probability <=
+    predict_alpha, so a flip has probability <= alpha + predict_alpha."""
+    section = pipeline.config["certificate_check"]
+    flipped = (check["predict"] != metrics.ABSTAIN) & (check["predict"] != check["certified_label"])
+    reference = min(0.999, defence.alpha + defence.predict_alpha)
+    result = metrics.certificate_check(flipped, reference, section["confidence"])
+    result.update(
+        {
+            "alpha_certify": defence.alpha,
+            "alpha_predict": defence.predict_alpha,
+            "reference_rate": reference,
+            "abstained": int(np.count_nonzero(check["predict"] == metrics.ABSTAIN)),
+            "radius_factor": section["radius_factor"],
+            "steps": section["steps"],
+            "attack": "smoothadv",
+            "max_l2_overshoot": float(np.max(check["l2_distance"] - check["eps"], initial=0.0)),
+        }
+    )
+    return result
+
+
+def _gaps(data: Any, defence: Any, eps_values: list[float]) -> list[dict[str, Any]]:
+    """Radii where empirical (worst-case L2) accuracy is below certified accuracy, on the points both
+    stages share, and whether abstentions under attack explain the gap."""
+    certified = data.certified[defence.name]
+    runs = [e for e in data.empirical if e["defence"] == defence.name and e["norm"] == "l2"]
+    common = min(len(certified["label"]), len(runs[0]["label"]))
+    cut = [
+        {
+            **e,
+            "idx": e["idx"][:common],
+            "label": e["label"][:common],
+            "predict": e["predict"][:common],
+            "detected": e["detected"][:common],
+        }
+        for e in runs
+    ]
+    cert, emp, abst = [], [], []
+    for eps in eps_values:
+        worst = worst_case([e for e in cut if e["eps"] == eps])
+        cert.append(
+            float(
+                metrics.certified_accuracy(
+                    certified["labels"][:common],
+                    certified["radii"][:common],
+                    certified["label"][:common],
+                    [eps],
+                )[0]
+            )
+        )
+        emp.append(float(np.mean(worst["robust"])))
+        abst.append(float(np.mean(worst["abstain_only"])))
+    gaps = metrics.certified_empirical_gaps(eps_values, cert, emp, abst)
+    for gap in gaps:
+        gap["points"] = common
+    return gaps
+
+
+def _envelopes(pipeline: Pipeline, grid: np.ndarray) -> dict[str, Any]:
+    """Best-sigma-per-radius envelope of each smoothing kind with several sigmas: the optimistic one
+    (max over sigma at level alpha, labelled so) and the alpha/k-corrected one (each sigma's certificates
+    recomputed from the same counts at alpha / k, so all hold jointly at level alpha)."""
+    envelopes: dict[str, Any] = {}
+    by_kind: dict[str, list[Any]] = {}
+    for defence in pipeline.defences:
+        if defence.smoothed and defence.name in pipeline.data.certified:
+            by_kind.setdefault(defence.kind, []).append(defence)
+    for kind, members in by_kind.items():
+        if len(members) < 2 or len({len(pipeline.data.certified[d.name]["label"]) for d in members}) != 1:
+            continue
+        k = len(members)
+        alpha = members[0].alpha
+        corrected_alpha = metrics.corrected_alpha(alpha, k)
+        plain, corrected = {}, {}
+        for defence in members:
+            certified = pipeline.data.certified[defence.name]
+            plain[defence.sigma] = metrics.certified_accuracy(
+                certified["labels"], certified["radii"], certified["label"], grid
+            )
+            corrected[defence.sigma] = _corrected_curve(
+                certified, corrected_alpha, defence.sigma, defence.n, grid
+            )
+        envelopes[kind] = {
+            "sigmas": [d.sigma for d in members],
+            "radius_grid": _floats(grid),
+            "optimistic": _floats(metrics.optimistic_envelope(plain)),
+            "corrected": _floats(metrics.optimistic_envelope(corrected)),
+            "alpha": alpha,
+            "corrected_alpha": corrected_alpha,
+            "best_sigma_corrected": [
+                float(max(corrected, key=lambda s, i=i: corrected[s][i])) for i in range(len(grid))
+            ],
+        }
+    return envelopes
+
+
+# -- files ---------------------------------------------------------------------------------------------------
+def _tsv(rows: list[list[Any]], header: tuple[str, ...]) -> str:
+    def cell(value: Any) -> str:
+        if isinstance(value, (float, np.floating)):
+            return f"{float(value):.6g}"
+        return str(value)
+
+    return "\t".join(header) + "\n" + "".join("\t".join(cell(v) for v in row) + "\n" for row in rows)
+
+
+def write_tables(pipeline: Pipeline) -> list[Path]:
+    """The per-example files: certify-<defence>.tsv, empirical.tsv, certificate_check.tsv."""
+    out, data, written = pipeline.out_dir, pipeline.data, []
+    for defence in pipeline.defences:
+        certified = data.certified.get(defence.name)
+        if certified is None:
+            continue
+        count = len(certified["label"])
+        rows = {
+            "idx": certified["idx"],
+            "label": certified["label"],
+            "predict": certified["labels"],
+            "radius": certified["radii"],
+            "correct": (certified["labels"] == certified["label"]).astype(int),
+            "time": certified["time"],
+            "defence": np.full(count, defence.name, dtype=object),
+            "sigma": np.full(count, defence.sigma),
+            "p_lower": certified["p_lower"],
+            "count_top": certified["counts_top"],
+            "n0": np.full(count, defence.n0),
+            "n": np.full(count, defence.n),
+            "samples_used": certified["samples_used"],
+        }
+        written.append(write_certify_log(out / f"certify-{defence.name}.tsv", rows))
+    rows_out: list[list[Any]] = []
+    for name, clean in data.clean.items():
+        for i in range(len(clean["label"])):
+            p, y = int(clean["predict"][i]), int(clean["label"][i])
+            rows_out.append(
+                [
+                    int(clean["idx"][i]),
+                    y,
+                    name,
+                    "none",
+                    "none",
+                    0.0,
+                    p,
+                    int(p == y),
+                    int(p == -1),
+                    int(clean["detected"][i]),
+                    0.0,
+                    0.0,
+                ]
+            )
+    for entry in data.empirical:
+        for i in range(len(entry["label"])):
+            p, y = int(entry["predict"][i]), int(entry["label"][i])
+            rows_out.append(
+                [
+                    int(entry["idx"][i]),
+                    y,
+                    entry["defence"],
+                    entry["attack"],
+                    entry["norm"],
+                    entry["eps"],
+                    p,
+                    int(p == y),
+                    int(p == -1),
+                    int(entry["detected"][i]),
+                    entry["l2_distance"][i],
+                    entry["linf_distance"][i],
+                ]
+            )
+    written.append(atomic_write_text(out / "empirical.tsv", _tsv(rows_out, EMPIRICAL_COLUMNS)))
+    check_rows = []
+    for name, check in data.checks.items():
+        for i in range(len(check["idx"])):
+            p, c = int(check["predict"][i]), int(check["certified_label"][i])
+            check_rows.append(
+                [
+                    name,
+                    int(check["idx"][i]),
+                    c,
+                    check["radius"][i],
+                    check["eps"][i],
+                    p,
+                    int(p != -1 and p != c),
+                    int(p == -1),
+                    check["l2_distance"][i],
+                ]
+            )
+    written.append(atomic_write_text(out / "certificate_check.tsv", _tsv(check_rows, CHECK_COLUMNS)))
+    return written
+
+
+def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
+    """The three PNG plots (through :mod:`evaluations.plots`); returns name -> path."""
+    from . import plots
+
+    out = pipeline.out_dir / "plots"
+    written: dict[str, Path] = {}
+    curves = []
+    for name, entry in results["defences"].items():
+        certified = pipeline.data.certified.get(name)
+        if certified is None:
+            continue
+        top = max(
+            float(np.max(certified["radii"], initial=0.0)), max(results["config"]["report"]["radius_grid"])
+        )
+        fine = np.linspace(0.0, top * 1.05 + 1e-9, 240)
+        accuracy = metrics.certified_accuracy(
+            certified["labels"], certified["radii"], certified["label"], fine
+        )
+        group = name
+        curves.append(
+            {
+                "label": f"{name} certified",
+                "radii": fine,
+                "accuracy": accuracy,
+                "style": "solid",
+                "group": group,
+            }
+        )
+        worst = entry["empirical"].get("l2", {}).get("worst_case")
+        if worst:
+            eps = [0.0, *worst["eps"]]
+            acc = [entry.get("clean_accuracy", float("nan")), *worst["accuracy"]]
+            curves.append(
+                {
+                    "label": f"{name} empirical (worst L2 attack)",
+                    "radii": eps,
+                    "accuracy": acc,
+                    "style": "dashed",
+                    "group": group,
+                }
+            )
+    if curves:
+        written["certified_accuracy"] = plots.plot_certified_accuracy(
+            curves, out / "certified_accuracy.png", title="Certified (solid) vs empirical (dashed) accuracy"
+        )
+    series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for name, entry in results["defences"].items():
+        for norm, table in entry["empirical"].items():
+            worst = table["worst_case"]
+            series.setdefault(norm, {})[name] = (
+                [0.0, *worst["eps"]],
+                [entry.get("clean_accuracy", float("nan")), *worst["accuracy"]],
+            )
+    if series:
+        ordered = {norm: series[norm] for norm in ("l2", "linf") if norm in series}
+        written["robust_accuracy"] = plots.plot_robust_accuracy(
+            ordered, out / "robust_accuracy.png", title="Robust accuracy under the strongest attack per point"
+        )
+    rows = []
+    for name, entry in results["defences"].items():
+        check = entry.get("certificate_check")
+        if check and check["trials"] > 0:
+            rows.append(
+                {
+                    "defence": name,
+                    "sigma": entry["sigma"],
+                    "rate": check["rate"],
+                    "flips": check["flips"],
+                    "trials": check["trials"],
+                    "upper_bound": check["upper_bound"],
+                    "alpha": check["reference_rate"],
+                    "flagged": check["flagged"],
+                }
+            )
+    if rows:
+        written["certificate_check"] = plots.plot_certificate_check(rows, out / "certificate_check.png")
+    return written
+
+
+def _pct(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100.0 * float(value):.1f}"
+
+
+def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, Path]) -> str:
+    """The Markdown report."""
+    config = results["config"]
+    dataset = results["dataset"]
+    lines = [
+        f"# Robustness report: {dataset['name']} (preset `{config['preset']}`)",
+        "",
+        f"Created {results['created']}. Dataset {dataset['name']}: {dataset['train']} train / "
+        f"{dataset['test']} test images of shape {tuple(dataset['input_shape'])}, {dataset['nb_classes']} "
+        "classes, in [0, 1]. sigma, epsilon and radii are in those units. Seed "
+        f"{config['run']['seed']}. Units of work computed this run: {results['work']['units_computed']}, "
+        f"reused from checkpoints: {results['work']['units_reused']}.",
+        "",
+        "## Clean accuracy",
+        "",
+        "| defence | kind | points | clean accuracy (%) | abstain (%) | detected (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, entry in results["defences"].items():
+        lines.append(
+            f"| {name} | {entry['kind']} | {entry.get('clean_points', '–')} | "
+            f"{_pct(entry.get('clean_accuracy'))} | "
+            f"{_pct(entry.get('clean_abstain')) if entry['smoothed'] else '–'} | "
+            f"{_pct(entry.get('clean_detected')) if 'clean_detected' in entry else '–'} |"
+        )
+    lines += [
+        "",
+        "Smoothed defences answer with Cohen's PREDICT (abstentions count as wrong); the detector's clean "
+        "'detected' rate is its false-positive rate.",
+    ]
+    smoothed = {n: e for n, e in results["defences"].items() if "certified" in e}
+    if smoothed:
+        grid = config["report"]["radius_grid"]
+        lines += [
+            "",
+            "## Certified accuracy (%) against L2 radius",
+            "",
+            "Abstentions count as wrong. ACR: average certified radius.",
+            "",
+            "| defence | σ | points | n | α | "
+            + " | ".join(f"r={r:g}" for r in grid)
+            + " | ACR | abstain (%) |",
+            "|---|---|---|---|---|" + "---|" * len(grid) + "---|---|",
+        ]
+        for name, entry in smoothed.items():
+            c = entry["certified"]
+            lines.append(
+                f"| {name} | {entry['sigma']:g} | {c['points']} | {c['n']} | {c['alpha']:g} | "
+                + " | ".join(_pct(a) for a in c["accuracy"])
+                + f" | {c['acr']:.3f} | {_pct(c['abstain'])} |"
+            )
+        for kind, envelope in results["envelopes"].items():
+            lines.append(
+                f"| {kind}: best σ per radius, OPTIMISTIC (σ chosen after the fact) | – | | | "
+                f"{envelope['alpha']:g} | " + " | ".join(_pct(a) for a in envelope["optimistic"]) + " | | |"
+            )
+            lines.append(
+                f"| {kind}: best σ per radius, α/k-corrected (k={len(envelope['sigmas'])}) | – | | | "
+                f"{envelope['corrected_alpha']:.3g} | "
+                + " | ".join(_pct(a) for a in envelope["corrected"])
+                + " | | |"
+            )
+        lines += [
+            "",
+            "The largest radius n samples can certify is σ·Φ⁻¹(α^(1/n)): "
+            + ", ".join(f"{n}: {e['certified']['max_certifiable_radius']:.2f}" for n, e in smoothed.items())
+            + ".",
+        ]
+    lines += ["", "## Empirical robust accuracy (%) under attack", ""]
+    lines.append(
+        "Each cell: accuracy under that attack at that ε. 'worst case' counts a point as robust only if it "
+        "survives every attack. For smoothed defences the attacked input is judged by PREDICT with fresh "
+        "noise; the abstention rate is in brackets (abstentions count as wrong)."
+    )
+    for norm in ("linf", "l2"):
+        eps_grid = config["attacks"][f"{norm}_eps"]
+        label = "L∞" if norm == "linf" else "L2"
+        lines += [
+            "",
+            f"### {label}",
+            "",
+            "| defence | attack | " + " | ".join(f"ε={e:g}" for e in eps_grid) + " |",
+            "|---|---|" + "---|" * len(eps_grid),
+        ]
+        for name, entry in results["defences"].items():
+            table = entry["empirical"].get(norm)
+            if not table:
+                continue
+            for attack, values in table.items():
+                cells = []
+                for eps in eps_grid:
+                    if eps not in values["eps"]:
+                        cells.append("–")
+                        continue
+                    i = values["eps"].index(eps)
+                    text = _pct(values["accuracy"][i])
+                    if entry["smoothed"]:
+                        text += f" ({_pct(values['abstain'][i])})"
+                    if values.get("correct_or_detected"):
+                        text += f" / {_pct(values['correct_or_detected'][i])} incl. detected"
+                    elif values.get("detected"):
+                        text += f" [det {_pct(values['detected'][i])}]"
+                    cells.append(text)
+                attack_name = "**worst case**" if attack == "worst_case" else attack
+                lines.append(f"| {name} | {attack_name} | " + " | ".join(cells) + " |")
+    gaps = {n: e.get("gaps", []) for n, e in smoothed.items() if e.get("gaps")}
+    lines += ["", "## Empirical against certified accuracy", ""]
+    if gaps:
+        lines += [
+            "Where empirical accuracy under attack falls below certified accuracy at the same radius "
+            "(on the points both stages share): a certificate promises g is constant, not that a "
+            "Monte-Carlo PREDICT answers, so the gap is *explained* when the points lost to abstentions "
+            "cover it.",
+            "",
+            "| defence | ε = r | certified (%) | empirical (%) | abstain (%) | explained by abstentions |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, rows in gaps.items():
+            for gap in rows:
+                lines.append(
+                    f"| {name} | {gap['radius']:g} | {_pct(gap['certified'])} | {_pct(gap['empirical'])} | "
+                    f"{_pct(gap['abstain'])} | {'yes' if gap['explained_by_abstentions'] else '**NO**'} |"
+                )
+    else:
+        lines.append("Empirical accuracy is at or above certified accuracy at every radius attacked.")
+    checks = {n: e["certificate_check"] for n, e in results["defences"].items() if "certificate_check" in e}
+    if checks:
+        lines += [
+            "",
+            "## Certificate check",
+            "",
+            "Every certified point (up to the configured number) is attacked with SmoothAdv inside its own "
+            "certified radius (ε = radius_factor × radius), aiming away from its certified class, then "
+            "answered by PREDICT with fresh noise. A *flip* is a non-abstained answer other than the "
+            "certified class. A sound certifier flips with probability at most α + α_predict (the "
+            "certificate fails with probability ≤ α; PREDICT errs with probability ≤ α_predict); the "
+            "check is FLAGGED when the flip count is statistically above that (binomial test at 1 − "
+            "confidence).",
+            "",
+            "| defence | trials | flips | abstained | rate | upper bound | reference rate | p-value "
+            "| flagged |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, check in checks.items():
+            rate = "–" if check["trials"] == 0 else f"{check['rate']:.4f}"
+            lines.append(
+                f"| {name} | {check['trials']} | {check['flips']} | {check['abstained']} | {rate} | "
+                f"{check['upper_bound']:.4f} | {check['reference_rate']:.4g} | {check['p_value']:.3g} | "
+                f"{'**FLAGGED**' if check['flagged'] else 'no'} |"
+            )
+    if plot_paths:
+        lines += ["", "## Plots", ""]
+        for name, path in plot_paths.items():
+            lines.append(f"![{name}]({path.relative_to(pipeline.out_dir).as_posix()})")
+            lines.append("")
+    lines += ["", "## Models", "", "| model | status | seconds |", "|---|---|---|"]
+    for event in results["work"]["models"]:
+        lines.append(f"| {event['name']} | {event['status']} | {event['seconds']:.1f} |")
+    lines += ["", "## Stage timings (this run)", "", "| stage | seconds |", "|---|---|"]
+    for stage, seconds in results["timings"].items():
+        lines.append(f"| {stage} | {seconds:.1f} |")
+    lines.append(f"| **total** | {sum(results['timings'].values()):.1f} |")
+    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items() if k != "platform")
+    lines += ["", f"Versions: {versions}.", ""]
+    return "\n".join(lines)
+
+
+def write_report(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
+    """Write every output file (atomically); returns name -> path."""
+    out = pipeline.out_dir
+    paths: dict[str, Path] = {}
+    for path in write_tables(pipeline):
+        paths[path.name] = path
+    plot_paths = write_plots(pipeline, results) if pipeline.config["report"]["plots"] else {}
+    paths.update(plot_paths)
+    paths["report.md"] = atomic_write_text(out / "report.md", markdown(pipeline, results, plot_paths))
+    results["timings"] = {k: round(v, 3) for k, v in pipeline.timings.items()}
+    paths["results.json"] = atomic_write_json(out / "results.json", results)
+    return paths

@@ -4,16 +4,13 @@ Everything here is seeded. The classifier is trained on clean data only; the two
 black-box denoisers) are trained separately, with other seeds and, for one, another architecture; the
 denoisers are DnCNNs of the default size trained at sigma = 0.25 and 0.5 with the MSE objective, then
 fine-tuned with the Stability objective through the classifier (white-box) or the surrogates
-(black-box), i.e. Stab+MSE sharing one MSE pre-training. Everything runs on one thread: these models
-are too small to gain from two, and on a shared machine two threads per process can run ten times
-slower than one.
+(black-box), i.e. Stab+MSE sharing one MSE pre-training. Threads: tests/conftest.py's setting (one by
+default).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -34,22 +31,6 @@ CONFIGS = ("none", "black-box", "white-box", "mse", "noise-trained")
 
 #: Filled by tests/denoised/test_quality.py, printed at the end of the run (reported, not asserted).
 QUALITY_REPORT: list[str] = []
-
-
-@contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 def train_classifier(
@@ -80,7 +61,7 @@ def narrow_cnn(seed: int) -> torch.nn.Module:
 
 
 def mlp(nb_classes: int = 10, seed: int = 0) -> torch.nn.Module:
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return torch.nn.Sequential(
             torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, nb_classes)
@@ -105,40 +86,37 @@ def digits():
 
 @pytest.fixture(scope="session")
 def clean_classifier(digits) -> torch.nn.Module:
-    with torch_threads(1):
-        return train_classifier(narrow_cnn(seed=0), digits.x_train, digits.y_train, epochs=20, seed=0)
+    return train_classifier(narrow_cnn(seed=0), digits.x_train, digits.y_train, epochs=20, seed=0)
 
 
 @pytest.fixture(scope="session")
 def surrogates(digits) -> list[torch.nn.Module]:
     """Stand-ins for a query-only target, trained separately: other seeds, one of them another
     architecture."""
-    with torch_threads(1):
-        return [
-            train_classifier(narrow_cnn(seed=1), digits.x_train, digits.y_train, 20, 1),
-            train_classifier(mlp(seed=2), digits.x_train, digits.y_train, 20, 2),
-        ]
+    return [
+        train_classifier(narrow_cnn(seed=1), digits.x_train, digits.y_train, 20, 1),
+        train_classifier(mlp(seed=2), digits.x_train, digits.y_train, 20, 2),
+    ]
 
 
 @pytest.fixture(scope="session")
 def denoisers(digits, clean_classifier, surrogates) -> dict[float, dict[str, DnCNN]]:
     """``{sigma: {"mse": ..., "white-box": ..., "black-box": ...}}``."""
     result = {}
-    with torch_threads(1):
-        for sigma in SIGMAS:
-            mse = DnCNN(seed=0)  # the default size: 5 layers of 16 channels
-            DenoiserTrainer(mse, "mse", sigma=sigma, seed=0, progress=False).fit(
-                digits.x_train, nb_epochs=30, batch_size=32
-            )
-            white = copy.deepcopy(mse)
-            DenoiserTrainer(white, "stab", classifier=clean_classifier, lr=1e-3, seed=1, progress=False).fit(
-                digits.x_train, nb_epochs=6, batch_size=32
-            )
-            black = copy.deepcopy(mse)
-            DenoiserTrainer(black, "stab", surrogates=surrogates, lr=1e-4, seed=2, progress=False).fit(
-                digits.x_train, nb_epochs=6, batch_size=32
-            )
-            result[sigma] = {"mse": mse, "white-box": white, "black-box": black}
+    for sigma in SIGMAS:
+        mse = DnCNN(seed=0)  # the default size: 5 layers of 16 channels
+        DenoiserTrainer(mse, "mse", sigma=sigma, seed=0, progress=False).fit(
+            digits.x_train, nb_epochs=30, batch_size=32
+        )
+        white = copy.deepcopy(mse)
+        DenoiserTrainer(white, "stab", classifier=clean_classifier, lr=1e-3, seed=1, progress=False).fit(
+            digits.x_train, nb_epochs=6, batch_size=32
+        )
+        black = copy.deepcopy(mse)
+        DenoiserTrainer(black, "stab", surrogates=surrogates, lr=1e-4, seed=2, progress=False).fit(
+            digits.x_train, nb_epochs=6, batch_size=32
+        )
+        result[sigma] = {"mse": mse, "white-box": white, "black-box": black}
     return result
 
 
@@ -146,21 +124,20 @@ def denoisers(digits, clean_classifier, surrogates) -> dict[float, dict[str, DnC
 def noise_trained_classifiers(digits) -> dict[float, torch.nn.Module]:
     """Cohen's baseline: the same architecture trained with Gaussian noise at each sigma."""
     result = {}
-    with torch_threads(1):
-        for sigma in SIGMAS:
-            model = narrow_cnn(seed=0)
-            estimator = RandomizedSmoothingClassifier(
-                model,
-                input_shape=digits.input_shape,
-                nb_classes=10,
-                optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
-                clip_values=(0.0, 1.0),
-                device_type="cpu",
-                scale=sigma,
-                seed=0,
-            )
-            estimator.fit(digits.x_train, digits.y_train, batch_size=64, nb_epochs=20)
-            result[sigma] = model.eval()
+    for sigma in SIGMAS:
+        model = narrow_cnn(seed=0)
+        estimator = RandomizedSmoothingClassifier(
+            model,
+            input_shape=digits.input_shape,
+            nb_classes=10,
+            optimizer=torch.optim.Adam(model.parameters(), lr=1e-3),
+            clip_values=(0.0, 1.0),
+            device_type="cpu",
+            scale=sigma,
+            seed=0,
+        )
+        estimator.fit(digits.x_train, digits.y_train, batch_size=64, nb_epochs=20)
+        result[sigma] = model.eval()
     return result
 
 
@@ -168,24 +145,23 @@ def noise_trained_classifiers(digits) -> dict[float, torch.nn.Module]:
 def certifications(digits, clean_classifier, denoisers, noise_trained_classifiers):
     """``{(sigma, config): CertificationResult}`` on all 500 held-out digits, same seed for every config."""
     results = {}
-    with torch_threads(1):
-        for sigma in SIGMAS:
-            chains = {
-                "none": (clean_classifier, None),
-                **{name: (clean_classifier, denoiser) for name, denoiser in denoisers[sigma].items()},
-                "noise-trained": (noise_trained_classifiers[sigma], None),
-            }
-            for name, (classifier, denoiser) in chains.items():
-                estimator = DenoisedSmoothingClassifier(
-                    classifier, denoiser, input_shape=digits.input_shape, nb_classes=10, scale=sigma
-                )
-                results[sigma, name] = estimator.certify_detailed(
-                    digits.x_test,
-                    CERTIFY["n"],
-                    n0=CERTIFY["n0"],
-                    alpha=CERTIFY["alpha"],
-                    seed=CERTIFY["seed"],
-                )
+    for sigma in SIGMAS:
+        chains = {
+            "none": (clean_classifier, None),
+            **{name: (clean_classifier, denoiser) for name, denoiser in denoisers[sigma].items()},
+            "noise-trained": (noise_trained_classifiers[sigma], None),
+        }
+        for name, (classifier, denoiser) in chains.items():
+            estimator = DenoisedSmoothingClassifier(
+                classifier, denoiser, input_shape=digits.input_shape, nb_classes=10, scale=sigma
+            )
+            results[sigma, name] = estimator.certify_detailed(
+                digits.x_test,
+                CERTIFY["n"],
+                n0=CERTIFY["n0"],
+                alpha=CERTIFY["alpha"],
+                seed=CERTIFY["seed"],
+            )
     return results
 
 

@@ -72,14 +72,14 @@ def count_votes(
         stop = min(start + batch_size, total)
         noisy = buffer[: stop - start]
         fill(noisy)
-        noisy.mul_(sigma)
         first, last = start // num_samples, (stop - 1) // num_samples
         if first == last:  # the common case for large n: one input, broadcast instead of gathering
-            noisy.add_(x[first])
+            clean = x[first]
             rows = None
         else:
             rows = torch.arange(start, stop, device=x.device) // num_samples
-            noisy.add_(x.index_select(0, rows))
+            clean = x.index_select(0, rows)
+        torch.add(clean, noisy, alpha=sigma, out=noisy)  # x + sigma * z in one pass over the batch
         labels = classify(noisy)
         _check_labels(labels, stop - start, num_classes)
         labels = labels.to(torch.int64)

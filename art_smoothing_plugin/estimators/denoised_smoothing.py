@@ -28,11 +28,8 @@ from art.estimators.classification.classifier import ClassifierMixin
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
 from .._validation import (
-    check_batch,
     check_input_shape,
     check_int_at_least,
-    check_positive_float,
-    check_probability,
 )
 from ..classifiers.art_classifier import (
     ARTClassifierAdapter,
@@ -44,6 +41,7 @@ from ..classifiers.callable import QueryBudgetExceeded, QueryCounter, QueryOnlyC
 from ..classifiers.http import HTTPClassifier
 from ..classifiers.torch_module import check_logits
 from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
+from ._smoothing_estimator import SmoothingEstimatorMixin
 
 __all__ = ["DenoisedClassifierModule", "DenoisedSmoothingClassifier", "NotDifferentiableError"]
 
@@ -92,7 +90,9 @@ class DenoisedClassifierModule(torch.nn.Module):
         return check_logits(logits, z.shape[0], self.nb_classes, who="classifier")
 
 
-class DenoisedSmoothingClassifier(ClassifierMixin, LossGradientsMixin, BaseEstimator):
+class DenoisedSmoothingClassifier(
+    SmoothingEstimatorMixin, ClassifierMixin, LossGradientsMixin, BaseEstimator
+):
     """Randomized smoothing of ``classifier o denoiser`` (denoised smoothing), as an ART estimator.
 
     The same predict/certify contract as
@@ -203,12 +203,9 @@ class DenoisedSmoothingClassifier(ClassifierMixin, LossGradientsMixin, BaseEstim
         )
         self.nb_classes = nb_classes
         self._input_shape = input_shape
-        self._sample_size = check_int_at_least("sample_size", sample_size, 1)
-        self._scale = check_positive_float("scale", scale)
-        self._alpha = check_probability("alpha", alpha)
-        self._n0 = check_int_at_least("n0", n0, 1)
-        self._batch_size = check_int_at_least("batch_size", batch_size, 1)
-        self._seed = seed
+        self._init_smoothing(
+            sample_size=sample_size, scale=scale, alpha=alpha, n0=n0, batch_size=batch_size, seed=seed
+        )
         self.allow_sigma_mismatch = bool(allow_sigma_mismatch)
         self.verbose = bool(verbose)
         self._queries = QueryCounter(query_budget)
@@ -218,9 +215,7 @@ class DenoisedSmoothingClassifier(ClassifierMixin, LossGradientsMixin, BaseEstim
                 raise ValueError(problem + "; pass allow_sigma_mismatch=True to smooth at this scale anyway")
             warnings.warn(problem + "; smoothing anyway (allow_sigma_mismatch=True)", stacklevel=2)
         self._probe()
-        self._smoother = Smoother(
-            self._base_labels, nb_classes, self._scale, self._batch_size, seed=seed, device=self._device
-        )
+        self._start_smoother()
 
     # -- the classifier, whatever its kind -------------------------------------------------------------
     def _resolve(self, classifier: Any, nb_classes: int, input_shape: tuple[int, ...]):
@@ -318,68 +313,6 @@ class DenoisedSmoothingClassifier(ClassifierMixin, LossGradientsMixin, BaseEstim
         return self._input_shape
 
     @property
-    def sample_size(self) -> int:
-        return self._sample_size
-
-    @sample_size.setter
-    def sample_size(self, value: int) -> None:
-        self._sample_size = check_int_at_least("sample_size", value, 1)
-
-    @property
-    def scale(self) -> float:
-        """sigma, in the units of the raw input."""
-        return self._scale
-
-    @scale.setter
-    def scale(self, value: float) -> None:
-        self._scale = check_positive_float("scale", value)
-        if self._smoother is not None:
-            self._smoother.sigma = self._scale
-
-    @property
-    def alpha(self) -> float:
-        return self._alpha
-
-    @alpha.setter
-    def alpha(self, value: float) -> None:
-        self._alpha = check_probability("alpha", value)
-
-    @property
-    def n0(self) -> int:
-        return self._n0
-
-    @n0.setter
-    def n0(self, value: int) -> None:
-        self._n0 = check_int_at_least("n0", value, 1)
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        self._batch_size = check_int_at_least("batch_size", value, 1)
-        if self._smoother is not None:
-            self._smoother.batch_size = self._batch_size
-
-    @property
-    def seed(self) -> int | None:
-        return self._seed
-
-    @seed.setter
-    def seed(self, value: int | None) -> None:
-        """Setting the seed restarts the noise stream: the same seed reproduces the same results."""
-        self._seed = value
-        if self._smoother is not None:
-            self._smoother.reseed(value)
-
-    @property
-    def smoother(self) -> Smoother:
-        """The framework-level core, smoothing ``classifier o denoiser``."""
-        assert self._smoother is not None
-        return self._smoother
-
-    @property
     def classifier_kind(self) -> str:
         """``"torch"``, ``"art-pytorch"``, ``"art"``, ``"query-only"`` or ``"http"``."""
         return self._classifier_kind
@@ -404,17 +337,6 @@ class DenoisedSmoothingClassifier(ClassifierMixin, LossGradientsMixin, BaseEstim
         return min(known) if known else None
 
     # -- helpers -----------------------------------------------------------------------------------------
-    def _to_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
-        check_batch(x, self._input_shape, self.clip_values, name=name)
-        if isinstance(x, torch.Tensor):
-            return x.detach().to(self._device, torch.float32)
-        return torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self._device)
-
-    def _smoother_for(self, seed: int | None) -> Smoother:
-        if seed is None:
-            return self.smoother
-        return Smoother(self._base_labels, self.nb_classes, self._scale, self._batch_size, seed, self._device)
-
     def _require_queries(self, needed: int) -> None:
         remaining = self.queries_remaining
         if remaining is not None and needed > remaining:
@@ -423,6 +345,9 @@ class DenoisedSmoothingClassifier(ClassifierMixin, LossGradientsMixin, BaseEstim
                 "budget; "
                 "nothing was queried or certified"
             )
+
+    def _accelerated_modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.denoiser, self._logits_module) if m is not None]
 
     def _prepare_call(self, x: np.ndarray | torch.Tensor, samples_per_input: int) -> torch.Tensor:
         self._check_sigma()
@@ -433,17 +358,6 @@ class DenoisedSmoothingClassifier(ClassifierMixin, LossGradientsMixin, BaseEstim
         if self._logits_module is not None:
             self._logits_module.eval()
         return x_t
-
-    def _labels_tensor(self, y: np.ndarray | torch.Tensor, count: int) -> torch.Tensor:
-        y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        if y_np.ndim == 2 and y_np.shape == (count, self.nb_classes):
-            y_np = y_np.argmax(axis=1)
-        if y_np.shape != (count,) or (count and (y_np.min() < 0 or y_np.max() >= self.nb_classes)):
-            raise ValueError(
-                f"y must hold {count} class indices in [0, {self.nb_classes}) or one-hot rows ({count}, "
-                f"{self.nb_classes}); got shape {y_np.shape}"
-            )
-        return torch.as_tensor(y_np.astype(np.int64), device=self._device)
 
     # -- ART classifier API ----------------------------------------------------------------------------
     def predict(self, x: np.ndarray, batch_size: int = 128, **kwargs: Any) -> np.ndarray:

@@ -21,15 +21,13 @@ from art.utils import check_and_transform_label_format
 from tqdm.auto import tqdm
 
 from .._validation import (
-    check_batch,
     check_input_shape,
     check_int_at_least,
-    check_positive_float,
-    check_probability,
 )
 from ..classifiers.torch_module import check_logits
 from ..sampling import make_generator
 from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
+from ._smoothing_estimator import SmoothingEstimatorMixin
 
 __all__ = ["RandomizedSmoothingClassifier"]
 
@@ -57,7 +55,7 @@ class _PreprocessedModel(torch.nn.Module):
         return check_logits(logits, z.shape[0], estimator.nb_classes)
 
 
-class RandomizedSmoothingClassifier(PyTorchClassifier):
+class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
     """Randomized smoothing (Cohen et al. 2019) of a PyTorch classifier, as an ART estimator.
 
     A drop-in for ART's ``PyTorchRandomizedSmoothing``: the constructor takes the same arguments under
@@ -144,80 +142,12 @@ class RandomizedSmoothingClassifier(PyTorchClassifier):
             preprocessing=preprocessing,
             device_type=device_type,
         )
-        self._sample_size = check_int_at_least("sample_size", sample_size, 1)
-        self._scale = check_positive_float("scale", scale)
-        self._alpha = check_probability("alpha", alpha)
-        self._n0 = check_int_at_least("n0", n0, 1)
-        self._batch_size = check_int_at_least("batch_size", batch_size, 1)
-        self._seed = seed
+        self._init_smoothing(
+            sample_size=sample_size, scale=scale, alpha=alpha, n0=n0, batch_size=batch_size, seed=seed
+        )
         self.smoothed_gradients = bool(smoothed_gradients)
         self.verbose = bool(verbose)
-        self._smoother = Smoother(
-            self._base_labels, nb_classes, self._scale, self._batch_size, seed=seed, device=self._device
-        )
-
-    # -- parameters (validated on every assignment, so set_params cannot smuggle in bad values) -----
-    @property
-    def sample_size(self) -> int:
-        return self._sample_size
-
-    @sample_size.setter
-    def sample_size(self, value: int) -> None:
-        self._sample_size = check_int_at_least("sample_size", value, 1)
-
-    @property
-    def scale(self) -> float:
-        """sigma, in the units of the raw input."""
-        return self._scale
-
-    @scale.setter
-    def scale(self, value: float) -> None:
-        self._scale = check_positive_float("scale", value)
-        if self._smoother is not None:
-            self._smoother.sigma = self._scale
-
-    @property
-    def alpha(self) -> float:
-        return self._alpha
-
-    @alpha.setter
-    def alpha(self, value: float) -> None:
-        self._alpha = check_probability("alpha", value)
-
-    @property
-    def n0(self) -> int:
-        return self._n0
-
-    @n0.setter
-    def n0(self, value: int) -> None:
-        self._n0 = check_int_at_least("n0", value, 1)
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    @batch_size.setter
-    def batch_size(self, value: int) -> None:
-        self._batch_size = check_int_at_least("batch_size", value, 1)
-        if self._smoother is not None:
-            self._smoother.batch_size = self._batch_size
-
-    @property
-    def seed(self) -> int | None:
-        return self._seed
-
-    @seed.setter
-    def seed(self, value: int | None) -> None:
-        """Setting the seed restarts the noise stream: the same seed reproduces the same results."""
-        self._seed = value
-        if self._smoother is not None:
-            self._smoother.reseed(value)
-
-    @property
-    def smoother(self) -> Smoother:
-        """The framework-level core (torch tensors in, counts and certificates out)."""
-        assert self._smoother is not None
-        return self._smoother
+        self._start_smoother()
 
     # -- the base classifier on raw-unit inputs ------------------------------------------------------
     def _preprocess_tensor(self, z: torch.Tensor, fit: bool = False) -> torch.Tensor:
@@ -268,33 +198,13 @@ class RandomizedSmoothingClassifier(PyTorchClassifier):
             generator=self.smoother.generator(self._device),
         )
 
-    # -- input handling ------------------------------------------------------------------------------
-    def _to_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
-        check_batch(x, self.input_shape, self.clip_values, name=name)
-        if isinstance(x, torch.Tensor):
-            return x.detach().to(self._device, torch.float32)
-        return torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self._device)
+    def _prepare_call(self, x: np.ndarray | torch.Tensor, samples_per_input: int) -> torch.Tensor:
+        x_t = self._to_tensor(x)
+        self.model.eval()
+        return x_t
 
-    def _labels_tensor(self, y: np.ndarray | torch.Tensor, count: int) -> torch.Tensor:
-        y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        if y_np.ndim == 2:
-            if y_np.shape != (count, self.nb_classes):
-                raise ValueError(
-                    f"y must be class indices of shape ({count},) or one-hot of shape ({count}, "
-                    f"{self.nb_classes}); got {y_np.shape}"
-                )
-            y_np = y_np.argmax(axis=1)
-        if y_np.shape != (count,) or (count and (y_np.min() < 0 or y_np.max() >= self.nb_classes)):
-            raise ValueError(
-                f"y must hold {count} class indices in [0, {self.nb_classes}) (or one-hot rows); got shape "
-                f"{y_np.shape}"
-            )
-        return torch.as_tensor(y_np.astype(np.int64), device=self._device)
-
-    def _smoother_for(self, seed: int | None) -> Smoother:
-        if seed is None:
-            return self.smoother
-        return Smoother(self._base_labels, self.nb_classes, self._scale, self._batch_size, seed, self._device)
+    def _accelerated_modules(self) -> list[torch.nn.Module]:
+        return [self.model]
 
     # -- ART classifier API ----------------------------------------------------------------------------
     def predict(
@@ -465,68 +375,4 @@ class RandomizedSmoothingClassifier(PyTorchClassifier):
             f"{type(self).__name__}(model={type(self.model).__name__}, input_shape={self.input_shape}, "
             f"nb_classes={self.nb_classes}, scale={self._scale}, alpha={self._alpha}, "
             f"sample_size={self._sample_size}, n0={self._n0}, clip_values={self.clip_values})"
-        )
-
-    # -- adaptive certification (art_smoothing_plugin.adaptive; docs/adaptive-certification.md) --------
-    def certify_adaptive(
-        self,
-        x: np.ndarray | torch.Tensor,
-        mode: str = "radius",
-        *,
-        radius: float | None = None,
-        max_samples: int = 100_000,
-        tolerance: float | None = None,
-        alpha: float | None = None,
-        n0: int | None = None,
-        batch_size: int | str | None = None,
-        seed: int | None = None,
-        precision: str | None = None,
-        channels_last: bool = False,
-        first_look: int = 64,
-        growth: float = 1.5,
-        final_share: float = 0.5,
-    ) -> CertificationResult:
-        """CERTIFY that stops sampling each input as soon as its answer is settled; the certificates have
-        the same guarantee as :meth:`certify_detailed` (each wrong with probability at most ``alpha``).
-
-        :param mode: ``"radius"``: is each input certified at ``radius`` (``result.extras["certified"]``);
-            ``"budget"``: the largest radius within ``max_samples``, stopping when more samples cannot
-            plausibly raise it by more than ``tolerance``.
-        :param max_samples: forward passes per input at most, the ``n0`` selection samples included.
-        :param batch_size: noisy samples per forward pass; ``"auto"`` picks one for this machine
-            (free GPU memory, or a short CPU throughput probe); default the estimator's ``batch_size``.
-        :param precision: ``"bf16"``/``"fp16"`` run the base model under autocast (noise stays fp32).
-        :param channels_last: convert the model and the noisy batches to channels-last memory format.
-        :returns: a :class:`CertificationResult` with ``samples_used`` per input; see
-            :func:`art_smoothing_plugin.adaptive.certify_adaptive` for the schedule arguments.
-        """
-        from ..adaptive import certify_adaptive
-        from ..performance import accelerated_labels, autotune_batch_size
-
-        x_t = self._to_tensor(x)
-        self.model.eval()
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        labels = accelerated_labels(self._base_labels, precision=precision, channels_last=channels_last)
-        if batch_size == "auto":
-            batch_size = autotune_batch_size(labels, x_t[:1], sigma=self._scale) if len(x_t) else None
-        elif batch_size is not None:
-            batch_size = check_int_at_least("batch_size", batch_size, 1)
-        generator = self._smoother_for(seed).generator(self._device)
-        smoother = Smoother(labels, self.nb_classes, self._scale, self._batch_size, device=self._device)
-        return certify_adaptive(
-            smoother,
-            x_t,
-            mode=mode,  # type: ignore[arg-type]  # validated inside
-            radius=radius,
-            max_samples=max_samples,
-            tolerance=tolerance,
-            alpha=alpha if alpha is not None else self._alpha,
-            n0=n0 if n0 is not None else self._n0,
-            first_look=first_look,
-            growth=growth,
-            final_share=final_share,
-            batch_size=batch_size,
-            generator=generator,
-            progress=self.verbose,
         )

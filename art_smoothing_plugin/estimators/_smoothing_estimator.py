@@ -1,0 +1,228 @@
+"""What every smoothing estimator shares: its validated smoothing parameters, the input handling in front
+of the core :class:`~art_smoothing_plugin.smoothing.Smoother`, and adaptive certification.
+
+Each estimator supplies ``_base_labels`` (the base classifier on raw-unit noisy inputs), ``_device``,
+``input_shape``, ``nb_classes`` and ``clip_values``, and ``_prepare_call(x, samples_per_input)``, which
+checks ``x`` and returns it as a tensor (the denoised estimator also checks its query budget there).
+Parameters are validated on every assignment, so ART's ``set_params`` cannot smuggle in bad values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .._validation import check_batch, check_int_at_least, check_positive_float, check_probability
+from ..smoothing import CertificationResult, Smoother
+
+__all__ = ["SmoothingEstimatorMixin"]
+
+
+class SmoothingEstimatorMixin:
+    """Smoothing parameters (``sample_size``, ``scale``, ``alpha``, ``n0``, ``batch_size``, ``seed``), the
+    core ``smoother`` and :meth:`certify_adaptive`, shared by the randomized and denoised estimators."""
+
+    _smoother: Smoother | None
+    _device: torch.device
+    nb_classes: int
+    verbose: bool
+
+    def _init_smoothing(
+        self,
+        *,
+        sample_size: int,
+        scale: float,
+        alpha: float,
+        n0: int,
+        batch_size: int,
+        seed: int | None,
+    ) -> None:
+        self._sample_size = check_int_at_least("sample_size", sample_size, 1)
+        self._scale = check_positive_float("scale", scale)
+        self._alpha = check_probability("alpha", alpha)
+        self._n0 = check_int_at_least("n0", n0, 1)
+        self._batch_size = check_int_at_least("batch_size", batch_size, 1)
+        self._seed = seed
+
+    def _start_smoother(self) -> None:
+        """Create the core smoother once the base classifier can answer (the end of ``__init__``)."""
+        self._smoother = Smoother(
+            self._base_labels,
+            self.nb_classes,
+            self._scale,
+            self._batch_size,
+            seed=self._seed,
+            device=self._device,
+        )
+
+    def _base_labels(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - each estimator's own
+        raise NotImplementedError
+
+    def _prepare_call(self, x: np.ndarray | torch.Tensor, samples_per_input: int) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - each estimator's own
+
+    def _accelerated_modules(self) -> list[torch.nn.Module]:
+        """The torch modules that channels-last certification converts."""
+        return []
+
+    # -- parameters ------------------------------------------------------------------------------------
+    @property
+    def sample_size(self) -> int:
+        """Noise draws per input in ``predict`` and the gradients (m)."""
+        return self._sample_size
+
+    @sample_size.setter
+    def sample_size(self, value: int) -> None:
+        self._sample_size = check_int_at_least("sample_size", value, 1)
+
+    @property
+    def scale(self) -> float:
+        """sigma, in the units of the raw input."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self._scale = check_positive_float("scale", value)
+        if self._smoother is not None:
+            self._smoother.sigma = self._scale
+
+    @property
+    def alpha(self) -> float:
+        """Default error probability of each certificate and of PREDICT's test."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        self._alpha = check_probability("alpha", value)
+
+    @property
+    def n0(self) -> int:
+        """Default number of selection samples of CERTIFY, drawn independently of the estimation samples."""
+        return self._n0
+
+    @n0.setter
+    def n0(self, value: int) -> None:
+        self._n0 = check_int_at_least("n0", value, 1)
+
+    @property
+    def batch_size(self) -> int:
+        """Default number of noisy samples per forward pass of PREDICT and CERTIFY."""
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = check_int_at_least("batch_size", value, 1)
+        if self._smoother is not None:
+            self._smoother.batch_size = self._batch_size
+
+    @property
+    def seed(self) -> int | None:
+        """Seed of the noise stream; ``None`` draws it from OS entropy."""
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        # Setting the seed restarts the noise stream: the same seed reproduces the same results.
+        self._seed = value
+        if self._smoother is not None:
+            self._smoother.reseed(value)
+
+    @property
+    def smoother(self) -> Smoother:
+        """The framework-level core (torch tensors in, counts and certificates out)."""
+        assert self._smoother is not None
+        return self._smoother
+
+    # -- input handling --------------------------------------------------------------------------------
+    def _to_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
+        check_batch(x, self.input_shape, self.clip_values, name=name)  # type: ignore[attr-defined]
+        if isinstance(x, torch.Tensor):
+            return x.detach().to(self._device, torch.float32)
+        return torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self._device)
+
+    def _labels_tensor(self, y: np.ndarray | torch.Tensor, count: int) -> torch.Tensor:
+        y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        if y_np.ndim == 2:
+            if y_np.shape != (count, self.nb_classes):
+                raise ValueError(
+                    f"y must be class indices of shape ({count},) or one-hot of shape ({count}, "
+                    f"{self.nb_classes}); got {y_np.shape}"
+                )
+            y_np = y_np.argmax(axis=1)
+        if y_np.shape != (count,) or (count and (y_np.min() < 0 or y_np.max() >= self.nb_classes)):
+            raise ValueError(
+                f"y must hold {count} class indices in [0, {self.nb_classes}) (or one-hot rows); got shape "
+                f"{y_np.shape}"
+            )
+        return torch.as_tensor(y_np.astype(np.int64), device=self._device)
+
+    def _smoother_for(self, seed: int | None) -> Smoother:
+        """The estimator's own noise stream, or a fresh one seeded with ``seed`` for this call only."""
+        if seed is None:
+            return self.smoother
+        return Smoother(self._base_labels, self.nb_classes, self._scale, self._batch_size, seed, self._device)
+
+    # -- adaptive certification (art_smoothing_plugin.adaptive; docs/adaptive-certification.md) --------
+    def certify_adaptive(
+        self,
+        x: np.ndarray | torch.Tensor,
+        mode: str = "radius",
+        *,
+        radius: float | None = None,
+        max_samples: int = 100_000,
+        tolerance: float | None = None,
+        alpha: float | None = None,
+        n0: int | None = None,
+        batch_size: int | str | None = None,
+        seed: int | None = None,
+        precision: str | None = None,
+        channels_last: bool = False,
+        first_look: int = 64,
+        growth: float = 1.5,
+        final_share: float = 0.5,
+    ) -> CertificationResult:
+        """CERTIFY that stops sampling each input as soon as its answer is settled; the certificates have
+        the same guarantee as ``certify_detailed`` (each wrong with probability at most ``alpha``).
+
+        :param mode: ``"radius"``: is each input certified at ``radius`` (``result.extras["certified"]``);
+            ``"budget"``: the largest radius within ``max_samples``, stopping when more samples cannot
+            plausibly raise it by more than ``tolerance``.
+        :param max_samples: forward passes per input at most, the ``n0`` selection samples included.
+        :param batch_size: noisy samples per forward pass; ``"auto"`` picks one for this machine
+            (free GPU memory, or a short CPU throughput probe); default the estimator's ``batch_size``.
+        :param precision: ``"bf16"``/``"fp16"`` run the base model under autocast (noise stays fp32).
+        :param channels_last: convert the torch modules and the noisy batches to channels-last format.
+        :returns: a :class:`CertificationResult` with ``samples_used`` per input; see
+            :func:`art_smoothing_plugin.adaptive.certify_adaptive` for the schedule arguments.
+        """
+        from ..adaptive import certify_adaptive
+        from ..performance import accelerated_labels, autotune_batch_size
+
+        max_samples = check_int_at_least("max_samples", max_samples, 1)
+        x_t = self._prepare_call(x, max_samples)
+        if channels_last:
+            for module in self._accelerated_modules():
+                module.to(memory_format=torch.channels_last)
+        labels = accelerated_labels(self._base_labels, precision=precision, channels_last=channels_last)
+        if batch_size == "auto":
+            batch_size = autotune_batch_size(labels, x_t[:1], sigma=self._scale) if len(x_t) else None
+        elif batch_size is not None:
+            batch_size = check_int_at_least("batch_size", batch_size, 1)
+        generator = self._smoother_for(seed).generator(self._device)
+        smoother = Smoother(labels, self.nb_classes, self._scale, self._batch_size, device=self._device)
+        return certify_adaptive(
+            smoother,
+            x_t,
+            mode=mode,  # type: ignore[arg-type]  # validated inside
+            radius=radius,
+            max_samples=max_samples,
+            tolerance=tolerance,
+            alpha=alpha if alpha is not None else self._alpha,
+            n0=n0 if n0 is not None else self._n0,
+            first_look=first_look,
+            growth=growth,
+            final_share=final_share,
+            batch_size=batch_size,
+            generator=generator,
+            progress=self.verbose,
+        )

@@ -8,16 +8,20 @@ Prints, in one run, side by side:
      ART's certify builds all n noisy copies at once; its request, n * 3 * 224 * 224 * 4 bytes, is
      computed here and also tried in a child whose address space is capped (``RLIMIT_AS``), where NumPy
      refuses it with a MemoryError that states the size.
-   * 3x32x32 at n = 20,000 (CIFAR size), where ART's allocation fits: both peaks are measured. ART's
-     certify then fails on ``import statsmodels`` (not installed; ART does not declare it), after the
-     memory was spent; the peak is read at that point.
+   * 3x32x32 (CIFAR size) at n = 20,000 and n = 100,000, where ART's allocation fits: both peaks are
+     measured, with the seconds each took (ART's certify needs statsmodels: ``pip install .[benchmark]``;
+     without it ART fails on that import after the memory was spent, and the peak is read there).
 2. Certification throughput (noisy samples classified per second) on CPU with 2 threads, batch 1000,
    for the CIFAR-size CNN (``evaluations.zoo.cifar_cnn``): the base model's own forward pass on a
    ready batch, our ``certify`` (n0 + n samples), our vote counting alone, and ART's ``predict`` (the
    same counting code as its ``certify``: inputs * sample_size samples). Each is warmed up once, then
-   timed ``--repeats`` times, interleaved so that a change in machine load hits all alike; the table
-   shows the median rate and the median over repeats of the ratio to the base model in that repeat.
+   timed ``--repeats`` times; in each repeat every method runs between two runs of the base model and
+   its ratio is taken to their mean, which cancels the drift of a shared host's speed (it moves by 2x
+   within seconds here); the table shows the median rate and the median of those bracketed ratios.
    A last row times the noise alone (draw, scale, add), the sampler's own cost.
+
+3. Mean samples per input of fixed n = 100,000 and of adaptive certification on MNIST-5k: the adaptive
+   side of ``bench_adaptive.py`` rerun on its cached fixed-n counts (``--skip-adaptive`` to leave out).
 
 Run: ``python benchmarks/bench_certify.py`` (about 3-5 minutes on 2 idle cores; the n = 100,000
 224x224 part dominates: 1.5e10 Gaussian draws) or ``--quick`` (smaller n everywhere: a smoke run).
@@ -34,6 +38,7 @@ import statistics as stats_lib
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 GIB = 1024**3
@@ -166,7 +171,9 @@ def run_child(args: list[str]) -> dict:
 
 
 # -- throughput, in this process ---------------------------------------------------------------------------
-def throughput(n: int, repeats: int, batch_size: int, threads: int) -> dict[str, list[float]]:
+def throughput(
+    n: int, repeats: int, batch_size: int, threads: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     import numpy as np
     import torch
     from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
@@ -232,18 +239,63 @@ def throughput(n: int, repeats: int, batch_size: int, threads: int) -> dict[str,
         "ART: predict (its counting)": art_predict,
         "(noise only, no model)": noise_only,
     }
+
+    def timed(method: Callable[[], int]) -> float:
+        start = time.perf_counter()
+        samples = method()
+        return samples / (time.perf_counter() - start)
+
     for method in methods.values():  # warm-up
         method()
+    base_name = "base model forward"
     rates: dict[str, list[float]] = {name: [] for name in methods}
+    ratios: dict[str, list[float]] = {name: [] for name in methods if name != base_name}
     for _ in tqdm(range(repeats), desc="throughput repeats", leave=False):
+        # Every method runs between two runs of the base model, and its ratio is taken to the mean of
+        # the two: on a shared host whose speed drifts by 2x within seconds, this bracketing cancels the
+        # drift far better than comparing with one base run per repeat.
+        before = timed(base_forward)
+        rates[base_name].append(before)
         for name, method in methods.items():
-            start = time.perf_counter()
-            samples = method()
-            rates[name].append(samples / (time.perf_counter() - start))
-    return rates
+            if name == base_name:
+                continue
+            rate = timed(method)
+            after = timed(base_forward)
+            rates[name].append(rate)
+            rates[base_name].append(after)
+            ratios[name].append(rate / ((before + after) / 2))
+            before = after
+    return rates, ratios
 
 
 # -- report ----------------------------------------------------------------------------------------------
+def mean_interval(values: list[float]) -> tuple[float, float, float] | None:
+    """Mean of ``values`` and its two-sided 95% Student-t interval (None for fewer than two values)."""
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
+
+    mean = stats_lib.fmean(values)
+    half = t.ppf(0.975, len(values) - 1) * stats_lib.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def adaptive_summary(quick: bool) -> list[dict]:
+    """Adaptive against fixed-n certification on MNIST-5k, from bench_adaptive.py's cached fixed-n counts
+    (computing them costs about an hour; this reruns only the adaptive side, a few minutes)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_adaptive
+
+    argv = ["--quick"] if quick else ["--cached-only", "--threads", "1"]
+    out = Path(__file__).resolve().parent / "out"
+    bench_adaptive.main(argv)
+    path = out / ("bench_adaptive_quick.json" if quick else "bench_adaptive_n100000.json")
+    rows = json.loads(path.read_text())["rows"] if path.exists() else []
+    if not rows:
+        print("  no fixed-n counts cached: run python benchmarks/bench_adaptive.py first")
+    return [{k: v for k, v in row.items() if k != "samples_used_per_point"} for row in rows]
+
+
 def gib(value: float) -> str:
     return f"{value / GIB:.2f} GiB"
 
@@ -252,9 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small n, fewer repeats: a smoke run")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, quick 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 20, quick 2)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument(
+        "--skip-adaptive", action="store_true", help="skip the fixed-vs-adaptive samples comparison"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     parser.add_argument("--child", choices=["ours", "art"], help=argparse.SUPPRESS)
     parser.add_argument("--shape", type=int, nargs=3, help=argparse.SUPPRESS)
@@ -275,9 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     n_224 = 5_000 if args.quick else 100_000
-    n_32 = 5_000 if args.quick else 20_000
-    n_throughput = 2_000 if args.quick else 5_000
-    repeats = args.repeats or (2 if args.quick else 5)
+    n_32 = (5_000, 10_000) if args.quick else (20_000, 100_000)
+    n_throughput = 2_000 if args.quick else 4_000
+    repeats = args.repeats or (2 if args.quick else 20)
     report: dict = {
         "mode": "quick" if args.quick else "full",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
@@ -292,69 +347,43 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_memory:
         common = ["--threads", str(args.threads)]
+        # (label, shape, n, batch, address-space cap for ART in GiB: 0 = none)
+        cases = [((3, 224, 224), n_224, 500, 1.0)] + [((3, 32, 32), n, 1000, 0.0) for n in n_32]
         print("\nPeak memory of certifying ONE input (each figure from its own child process)")
-        ours_224 = run_child(
-            [
-                "--child",
-                "ours",
-                "--shape",
-                "3",
-                "224",
-                "224",
-                "--n",
-                str(n_224),
-                "--batch-size",
-                "500",
-                *common,
-            ]
-        )
-        art_224 = run_child(
-            [
-                "--child",
-                "art",
-                "--shape",
-                "3",
-                "224",
-                "224",
-                "--n",
-                str(n_224),
-                "--batch-size",
-                "500",
-                "--cap-gib",
-                "1",
-                *common,
-            ]
-        )
-        ours_32 = run_child(
-            ["--child", "ours", "--shape", "3", "32", "32", "--n", str(n_32), "--batch-size", "1000", *common]
-        )
-        art_32 = run_child(
-            ["--child", "art", "--shape", "3", "32", "32", "--n", str(n_32), "--batch-size", "1000", *common]
-        )
-        report["memory"] = {"ours_224": ours_224, "art_224": art_224, "ours_32": ours_32, "art_32": art_32}
-        print(f"{'case':<36}{'ours: peak RSS':>16}   {'ART: peak RSS, or its request':<40}")
-        for label, ours, art in (
-            (f"3x224x224, n={n_224:,}, batch 500", ours_224, art_224),
-            (f"3x32x32, n={n_32:,}, batch 1000", ours_32, art_32),
-        ):
-            ours_text = gib(ours["peak_rss"]) if "peak_rss" in ours else ours.get("error", "?")
+        report["memory"] = []
+        rows = []
+        for shape, n, batch, cap in cases:
+            base = ["--shape", *map(str, shape), "--n", str(n), "--batch-size", str(batch), *common]
+            ours = run_child(["--child", "ours", *base])
+            art = run_child(["--child", "art", *base, "--cap-gib", str(cap)])
+            label = f"{'x'.join(map(str, shape))}, n={n:,}, batch {batch}"
+            report["memory"].append({"case": label, "ours": ours, "art": art})
+            rows.append((label, ours, art))
+        print(f"{'case':<34}{'ours: peak RSS':>15}{'s':>6}   {'ART: peak RSS, or its request':<42}{'s':>6}")
+        for label, ours, art in rows:
+            ours_text = gib(ours["peak_rss"]) if "peak_rss" in ours else ours.get("error", "?")[:40]
             if "error" in art:
-                art_text = art["error"][:60]
+                art_text = art["error"][:40]
             elif art["outcome"] == "MemoryError":
                 art_text = f"MemoryError, asks {gib(art['request'])}"
+            elif art["outcome"] == "certified":
+                art_text = gib(art["peak_rss"])
             else:
                 art_text = f"{gib(art['peak_rss'])} (then {art['outcome']})"
-            print(f"{label:<36}{ours_text:>16}   {art_text:<40}")
+            print(
+                f"{label:<34}{ours_text:>15}{ours.get('seconds', float('nan')):>6.0f}   {art_text:<42}"
+                f"{art.get('seconds', float('nan')):>6.0f}"
+            )
+        ours_224 = rows[0][1]
         if "peak_rss" in ours_224:
             verdict = "PASS" if ours_224["peak_rss"] < 2 * GIB else "FAIL"
             print(
-                f"  ours, 224x224: {ours_224['seconds']:.0f} s for {ours_224['samples']:,} samples, "
-                f"{gib(ours_224['baseline_rss'])} before certify; target < 2 GiB: {verdict}"
+                f"  ours, 224x224: {ours_224['samples']:,} samples, {gib(ours_224['baseline_rss'])} before "
+                f"certify; target < 2 GiB: {verdict}"
             )
-        if art_224.get("message"):
-            print(f"  ART, 224x224: {art_224['message'][:120]}")
-        if art_32.get("message"):
-            print(f"  ART, 32x32: {art_32['message'][:120]}")
+        for label, _, art in rows:
+            if art.get("message"):
+                print(f"  ART, {label}: {art['message'][:110]}")
         print(
             f"  ART's request at n=100,000, 3x224x224: 100,000 * 3 * 224 * 224 * 4 bytes = "
             f"{gib(100_000 * 3 * 224 * 224 * 4)} (plus float64 noise of twice that)"
@@ -365,27 +394,36 @@ def main(argv: list[str] | None = None) -> int:
             f"\nThroughput, CIFAR-size CNN (3x32x32), batch 1000, {args.threads} threads, n={n_throughput:,} "
             f"per input, median of {repeats} interleaved repeats"
         )
-        rates = throughput(n_throughput, repeats, 1000, args.threads)
+        rates, ratios = throughput(n_throughput, repeats, 1000, args.threads)
         report["throughput"] = rates
-        base_rates = rates["base model forward"]
-        # Paired ratio: each repeat runs every method back to back, so dividing within a repeat cancels
-        # most of the drift in machine load; the median of those ratios is the figure reported.
-        paired = {
-            name: stats_lib.median(r / b for r, b in zip(values, base_rates, strict=True))
-            for name, values in rates.items()
-        }
+        report["throughput_bracketed_ratios"] = ratios
+        # The figure reported is the median over repeats of each method's ratio to the base runs that
+        # bracket it (see throughput()); the raw rates are shown for scale.
+        paired = {name: stats_lib.median(values) for name, values in ratios.items()}
+        paired["base model forward"] = 1.0
         report["throughput_ratio_to_base"] = paired
-        print(f"{'method':<32}{'samples/s (median)':>20}{'min':>10}{'max':>10}{'x base':>9}")
+        print(
+            f"{'method':<32}{'samples/s (median)':>20}{'min':>10}{'max':>10}{'x base':>9}"
+            f"{'  mean x base, 95% CI':>24}"
+        )
+        intervals = {name: mean_interval(values) for name, values in ratios.items()}
+        report["throughput_ratio_mean_ci95"] = intervals
         for name, values in rates.items():
+            interval = intervals.get(name)
+            interval_text = f"{interval[0]:.2f} [{interval[1]:.2f}, {interval[2]:.2f}]" if interval else ""
             print(
                 f"{name:<32}{stats_lib.median(values):>20,.0f}{min(values):>10,.0f}{max(values):>10,.0f}"
-                f"{paired[name]:>9.2f}"
+                f"{paired[name]:>9.2f}{interval_text:>24}"
             )
         ratio = paired["ours: certify (n0=100 + n)"]
         print(
-            f"  ours/base = {ratio:.2f} (target >= 0.90: {'PASS' if ratio >= 0.9 else 'FAIL'}); "
-            f"ART/base = {paired['ART: predict (its counting)']:.2f}"
+            f"  ours/base = {ratio:.2f} (median of {repeats} bracketed ratios; target >= 0.90: "
+            f"{'PASS' if ratio >= 0.9 else 'FAIL'}); ART/base = {paired['ART: predict (its counting)']:.2f}"
         )
+
+    if not args.skip_adaptive:
+        print("\nMean samples per input, fixed n = 100,000 against adaptive (benchmarks/bench_adaptive.py)")
+        report["adaptive"] = adaptive_summary(args.quick)
 
     report["load_average_end"] = os.getloadavg()
     print(

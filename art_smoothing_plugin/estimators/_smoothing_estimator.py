@@ -9,6 +9,8 @@ Parameters are validated on every assignment, so ART's ``set_params`` cannot smu
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -161,6 +163,40 @@ class SmoothingEstimatorMixin:
         if seed is None:
             return self.smoother
         return Smoother(self._base_labels, self.nb_classes, self._scale, self._batch_size, seed, self._device)
+
+    # -- Cohen's PREDICT and CERTIFY ------------------------------------------------------------------
+    def predict_labels(
+        self,
+        x: np.ndarray | torch.Tensor,
+        n: int | None = None,
+        alpha: float | None = None,
+        batch_size: int | None = None,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Cohen's PREDICT: the smoothed label of each input, or ``-1`` where it abstains. A returned
+        label is wrong (not the smoothed classifier's top class) with probability at most ``alpha``.
+
+        :param n: noise draws per input (default ``sample_size``).
+        :param alpha: level of the binomial test (default the estimator's ``alpha``).
+        """
+        n = check_int_at_least("n", n if n is not None else self._sample_size, 1)
+        x_t = self._prepare_call(x, n)
+        return self._smoother_for(seed).predict(
+            x_t, n, alpha if alpha is not None else self._alpha, batch_size, progress=self.verbose
+        )
+
+    def certify(
+        self, x: np.ndarray | torch.Tensor, n: int, batch_size: int | None = None, **kwargs: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Cohen's CERTIFY, with ART's return value ``(labels, radii)``: ``-1`` and ``0.0`` where it
+        abstains. Takes the keyword arguments of ``certify_detailed``."""
+        result = self.certify_detailed(x, n, batch_size, **kwargs)
+        return result.labels, result.radii
+
+    def certify_detailed(
+        self, x: np.ndarray | torch.Tensor, n: int, batch_size: int | None = None, **kwargs: Any
+    ) -> CertificationResult:  # pragma: no cover - each estimator's own
+        raise NotImplementedError
 
     # -- adaptive certification (art_smoothing_plugin.adaptive; docs/adaptive-certification.md) --------
     def certify_adaptive(

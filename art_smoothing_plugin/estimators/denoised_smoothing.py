@@ -374,33 +374,6 @@ class DenoisedSmoothingClassifier(
         )
         return (counts.double() / self._sample_size).cpu().numpy().astype(np.float32)
 
-    def predict_labels(
-        self,
-        x: np.ndarray | torch.Tensor,
-        n: int | None = None,
-        alpha: float | None = None,
-        batch_size: int | None = None,
-        seed: int | None = None,
-    ) -> np.ndarray:
-        """Cohen's PREDICT: the smoothed label of each input, or ``-1`` where it abstains.
-
-        :param n: noise draws per input (default ``sample_size``).
-        :param alpha: level of the binomial test (default the estimator's ``alpha``).
-        """
-        n = check_int_at_least("n", n if n is not None else self._sample_size, 1)
-        x_t = self._prepare_call(x, n)
-        return self._smoother_for(seed).predict(
-            x_t, n, alpha if alpha is not None else self._alpha, batch_size, progress=self.verbose
-        )
-
-    def certify(
-        self, x: np.ndarray | torch.Tensor, n: int, batch_size: int | None = None, **kwargs: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Cohen's CERTIFY, with ART's return value ``(labels, radii)``: ``-1`` and ``0.0`` where it
-        abstains. Takes the keyword arguments of :meth:`certify_detailed`."""
-        result = self.certify_detailed(x, n, batch_size, **kwargs)
-        return result.labels, result.radii
-
     def certify_detailed(
         self,
         x: np.ndarray | torch.Tensor,
@@ -470,13 +443,14 @@ class DenoisedSmoothingClassifier(
         log-probabilities (valid logits), for torchattacks. ``noise_seed`` fixes the noise draws."""
         composite = self._require_gradients("smoothed_module")
         self._check_sigma()
-        return SmoothedSoftClassifier(
+        module = SmoothedSoftClassifier(
             composite,
             self._scale,
             num_samples or self._sample_size,
             noise_seed=noise_seed,
             generator=self.smoother.generator(self._device),
         )
+        return module.eval()  # torchattacks reads .training; the base model is in eval mode already
 
     def loss_gradient(
         self,

@@ -190,13 +190,14 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         """The smoothed soft classifier as an ``nn.Module`` returning log-probabilities (valid logits), for
         torchattacks and other torch code. ``noise_seed`` fixes the noise draws across calls (SmoothAdv)."""
         self.model.eval()
-        return SmoothedSoftClassifier(
+        module = SmoothedSoftClassifier(
             _PreprocessedModel(self),
             self._scale,
             self._sample_size if num_samples is None else num_samples,
             noise_seed=noise_seed,
             generator=self.smoother.generator(self._device),
         )
+        return module.eval()  # torchattacks reads .training; the base model is in eval mode already
 
     def _prepare_call(self, x: np.ndarray | torch.Tensor, samples_per_input: int) -> torch.Tensor:
         x_t = self._to_tensor(x)
@@ -224,41 +225,6 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         )
         frequencies = (counts.double() / self._sample_size).cpu().numpy().astype(np.float32)
         return self._apply_postprocessing(preds=frequencies, fit=False)
-
-    def predict_labels(
-        self,
-        x: np.ndarray | torch.Tensor,
-        n: int | None = None,
-        alpha: float | None = None,
-        batch_size: int | None = None,
-        seed: int | None = None,
-    ) -> np.ndarray:
-        """Cohen's PREDICT: the smoothed label of each input, or ``-1`` where it abstains.
-
-        :param n: noise draws per input (default ``sample_size``).
-        :param alpha: level of the binomial test (default the estimator's ``alpha``).
-        """
-        x_t = self._to_tensor(x)
-        self.model.eval()
-        return self._smoother_for(seed).predict(
-            x_t,
-            n if n is not None else self._sample_size,
-            alpha if alpha is not None else self._alpha,
-            batch_size,
-            progress=self.verbose,
-        )
-
-    def certify(
-        self,
-        x: np.ndarray | torch.Tensor,
-        n: int,
-        batch_size: int | None = None,
-        **kwargs: Any,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Cohen's CERTIFY, with ART's return value ``(labels, radii)``: ``-1`` and ``0.0`` where it
-        abstains. Takes the keyword arguments of :meth:`certify_detailed`."""
-        result = self.certify_detailed(x, n, batch_size, **kwargs)
-        return result.labels, result.radii
 
     def certify_detailed(
         self,

@@ -106,7 +106,9 @@ def test_art_fast_gradient_method(trained_estimator, test_subset, norm, eps) -> 
 )
 def test_torchattacks_on_the_smoothed_module(trained_estimator, test_subset, make_attack, eps, norm) -> None:
     x, y = test_subset
-    attack = make_attack(trained_estimator.smoothed_module(num_samples=32))
+    module = trained_estimator.smoothed_module(num_samples=32)
+    assert not module.training and not any(m.training for m in module.modules())  # what torchattacks sees
+    attack = make_attack(module)
     x_adv = attack(torch.from_numpy(x), torch.from_numpy(y)).detach().numpy()
     assert_attack_lowers_accuracy(trained_estimator, x, y, x_adv, eps, norm)
 

@@ -24,9 +24,7 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,25 +39,11 @@ from art_smoothing_plugin import statistics as stats_  # noqa: E402
 from art_smoothing_plugin.adaptive import certify_adaptive  # noqa: E402
 from art_smoothing_plugin.performance import autotune_batch_size  # noqa: E402
 from evaluations.data import load_dataset  # noqa: E402
+from evaluations.storage import atomic_write_bytes as atomic_write  # noqa: E402
 from evaluations.zoo import build_model  # noqa: E402
 
 RADII = {0.25: (0.25, 0.5), 0.5: (0.5, 1.0)}
 NUM_CLASSES = 10
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` so that a reader (or a crash) never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_npz(path: Path, **arrays: np.ndarray) -> None:

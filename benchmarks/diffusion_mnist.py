@@ -28,9 +28,7 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,6 +44,7 @@ from art_smoothing_plugin.denoisers.ddpm import train_ddpm  # noqa: E402
 from art_smoothing_plugin.estimators.denoised_smoothing import DenoisedSmoothingClassifier  # noqa: E402
 from art_smoothing_plugin.statistics import max_certifiable_radius  # noqa: E402
 from evaluations.data import load_dataset  # noqa: E402
+from evaluations.storage import atomic_write_bytes as atomic_write  # noqa: E402
 from evaluations.zoo import build_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,18 +56,6 @@ LABELS = {
     "diffusion": "clean classifier + DDPM one-shot",
     "noise-trained": "classifier trained on noise (Cohen)",
 }
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(payload)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def digest(path: Path) -> str:

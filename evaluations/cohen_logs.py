@@ -14,7 +14,6 @@ certified at a radius the evidence does not reach.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,29 +21,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .storage import atomic_write_text
+
 __all__ = ["CERTIFY_COLUMNS", "PREDICT_COLUMNS", "read_certify_log", "write_certify_log", "atomic_write_text"]
 
 CERTIFY_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 PREDICT_COLUMNS = ("idx", "label", "predict", "correct", "time")
 _INTEGER_COLUMNS = ("idx", "label", "predict", "correct")
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` so that a reader (or a resumed run) sees either the old file or the
-    whole new one, never a partial file: write a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="\n") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _parse_time(text: str) -> float:

@@ -17,11 +17,22 @@ import numpy as np
 import torch
 
 from .attacks import build_attacks
-from .defences import DEFENCE_KINDS
+from .defences import DEFENCE_KINDS, attack_points
 from .models import DEFAULT_CACHE_DIR, ModelStore
 from .zoo import build_model
 
 __all__ = ["dry_run", "plan_work"]
+
+
+class _WithTimestep(torch.nn.Module):
+    """A noise-prediction model called like a denoiser (fixed timestep), for timing only."""
+
+    def __init__(self, model: torch.nn.Module, steps: torch.Tensor) -> None:
+        super().__init__()
+        self.model, self.steps = model, steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.steps[: len(x)])
 
 
 def _throughput(model: torch.nn.Module, shape: tuple[int, ...], batch: int = 1000) -> tuple[float, float]:
@@ -53,11 +64,7 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
         for name, _sigma in kind.instance_names(config):
             smoothed = kind.smoothed
             section = config[kind.section] if smoothed else {}
-            attacked = (
-                config["denoised"]["attack_points"]
-                if kind_name == "denoised_smoothing"
-                else config["attacks"]["points"]
-            )
+            attacked = attack_points(config, kind_name)
             attacked = min(attacked, test_size)
             copies = m if smoothed else 1
             predict = config["smoothing"]["predict_n"] if smoothed else 1
@@ -81,7 +88,7 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
                         "backward": 0,
                     }
                 )
-                if config["certificate_check"]["enabled"]:
+                if config["certificate_check"]["enabled"] and attacked > 0:
                     checked = min(points, config["certificate_check"]["points"])
                     rows.append(
                         {
@@ -152,6 +159,19 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
             channels=dataset.input_shape[0], **config["denoised"]["denoiser_kwargs"]
         )
         denoiser_forward, _ = _throughput(denoiser, dataset.input_shape)
+    ddpm_forward = ddpm_train_seconds = 0.0
+    if "diffusion_smoothing" in config["defences"]["enabled"]:
+        from art_smoothing_plugin.denoisers.ddpm import TinyUNet
+
+        diffusion = config["diffusion"]
+        multipliers = tuple(diffusion["ddpm_multipliers"])
+        unet = TinyUNet(dataset.input_shape[0], diffusion["ddpm_channels"], multipliers)
+        steps = torch.zeros(1000, dtype=torch.long)
+        ddpm_forward, ddpm_backward = _throughput(_WithTimestep(unet, steps), dataset.input_shape)
+        ddpm_forward *= diffusion["denoising_steps"]
+        folder = store.cache_dir / "ddpm"
+        if not (folder.is_dir() and any(folder.glob("ddpm-*.pt"))):
+            ddpm_train_seconds = diffusion["ddpm_epochs"] * len(dataset.x_train) * ddpm_backward
     lines.append(
         f"measured here: {1e6 * forward:.1f} µs per forward sample, "
         f"{1e6 * backward:.1f} µs per forward+backward"
@@ -170,8 +190,12 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
         lines.append(
             f"| train | {row['name']} ({row['status']}) | 1 | | {row['backward']:,} | {seconds:.0f} |"
         )
+    if ddpm_train_seconds:
+        total += ddpm_train_seconds
+        lines.append(f"| train | ddpm (to train) | 1 | | | {ddpm_train_seconds:.0f} |")
     for row in plan_work(config, len(dataset.x_train), len(dataset.x_test)):
         extra = denoiser_forward if row["defence"].startswith("denoised") else 0.0
+        extra = ddpm_forward if row["defence"].startswith("diffusion") else extra
         seconds = row["forward"] * (forward + extra) + row["backward"] * (backward + 2 * extra)
         total += seconds
         lines.append(
@@ -187,7 +211,7 @@ def _training_plan(config: dict[str, Any], store: ModelStore) -> list[dict[str, 
     train = len(store.dataset.x_train)
     enabled = config["defences"]["enabled"]
     recipes: list[tuple[str, dict[str, Any], int]] = []
-    if {"undefended", "feature_squeezing", "denoised_smoothing"} & set(enabled):
+    if {"undefended", "feature_squeezing", "denoised_smoothing", "diffusion_smoothing"} & set(enabled):
         recipes.append(("clean", {}, 1))
     if "randomized_smoothing" in enabled:
         recipes += [("gaussian", {"sigma": s}, 1) for s in config["smoothing"]["sigmas"]]

@@ -337,6 +337,7 @@ def _train_madry(
         eps_step=spec["eps_step"],
         max_iter=spec["steps"],
         nb_epochs=spec["epochs"],
+        warmup_epochs=spec.get("warmup_epochs", 0),
         batch_size=spec["batch_size"],
         seed=spec["seed"],
         verbose=progress,
@@ -419,6 +420,7 @@ class ModelStore:
         }
         if recipe == "madry":
             spec["epochs"] = self.config["adversarial_training"]["epochs"]
+            spec["warmup_epochs"] = self.config["adversarial_training"]["warmup_epochs"]
         return spec
 
     def classifier(self, recipe: str, **params: Any) -> tuple[nn.Module, str]:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .attacks import Attack, build_attacks
 from .config import config_hash
 from .data import Dataset, load_dataset
-from .defences import BuildContext, Defence, build_defences
+from .defences import BuildContext, Defence, attack_points, build_defences
 from .models import DEFAULT_CACHE_DIR, ModelStore
 from .storage import WorkStore, atomic_write_json, derive_seed
 
@@ -164,9 +164,7 @@ class Pipeline:
         return np.arange(count), self.dataset.x_test[:count], self.dataset.y_test[:count]
 
     def attack_points(self, defence: Defence) -> int:
-        if defence.kind == "denoised_smoothing":
-            return self.config["denoised"]["attack_points"]
-        return self.config["attacks"]["points"]
+        return attack_points(self.config, defence.kind)
 
     def build(self) -> None:
         assert self.dataset is not None and self.models is not None
@@ -318,7 +316,8 @@ class Pipeline:
                 )
 
     def run_certificate_check(self) -> None:
-        """Attack every certified point (up to ``certificate_check.points``) with SmoothAdv at
+        """Attack every certified point (up to ``certificate_check.points``) of each smoothed defence that
+        is attacked at all (``attack_points`` > 0) with SmoothAdv at
         ``radius_factor`` times its own certified radius, towards leaving its certified class, and PREDICT
         with fresh noise; a non-abstained answer other than the certified class is a flip."""
         section = self.config["certificate_check"]
@@ -333,6 +332,8 @@ class Pipeline:
         jobs = []
         for defence in self.defences:
             if not defence.smoothed or defence.name not in self.data.certified:
+                continue
+            if self.attack_points(defence) == 0:  # "not attacked" covers this attack too
                 continue
             certified = self.data.certified[defence.name]
             chosen = np.flatnonzero(certified["labels"] != -1)[: section["points"]]

@@ -35,6 +35,7 @@ __all__ = [
     "DefenceKind",
     "PlainDefence",
     "SmoothedDefence",
+    "attack_points",
     "build_defences",
     "register_defence",
 ]
@@ -299,6 +300,15 @@ for _kind in (
         name_format="denoised_{denoiser}_sigma{sigma:g}",
     ),
     DefenceKind(
+        "diffusion_smoothing",
+        ".smoothing:build_diffusion_smoothing",
+        "Carlini et al. diffusion denoised smoothing: one DDPM, one-shot denoising, the clean classifier",
+        smoothed=True,
+        requires="art_smoothing_plugin.denoisers.ddpm",
+        section="diffusion",
+        name_format="diffusion_sigma{sigma:g}",
+    ),
+    DefenceKind(
         "adversarial_training_linf",
         ".undefended:build_adversarial_training_linf",
         "Madry et al. PGD adversarial training, L-inf",
@@ -320,6 +330,15 @@ for _kind in (
     ),
 ):
     register_defence(_kind)
+
+
+def attack_points(config: dict[str, Any], kind: str) -> int:
+    """Test points attacked for a defence of ``kind``: a smoothed kind with its own section (denoised,
+    diffusion) sets its own ``attack_points``, since attacking through a denoiser costs far more."""
+    section = config.get(DEFENCE_KINDS[kind].section or "", {}) if kind in DEFENCE_KINDS else {}
+    if "attack_points" in section:
+        return section["attack_points"]
+    return config["attacks"]["points"]
 
 
 def build_defences(context: BuildContext) -> list[Defence]:

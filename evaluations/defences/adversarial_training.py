@@ -69,6 +69,7 @@ def madry_adversarial_training(
     seed: int = 0,
     verbose: bool = False,
     num_random_init: int = 1,
+    warmup_epochs: int = 0,
 ) -> Any:
     """Train ``classifier`` (an ART ``PyTorchClassifier`` with an optimizer, ``clip_values`` set) in place
     by Madry et al.'s PGD adversarial training, and return it.
@@ -80,6 +81,10 @@ def madry_adversarial_training(
     :param seed: seeds ART's shuffling and PGD random starts (NumPy and torch global generators, restored
         afterwards), so the same arguments give the same model.
     :param verbose: ART shows its own epoch progress bar; ``verbose`` adds the PGD attack's bars.
+    :param warmup_epochs: the first ``warmup_epochs`` epochs train at a linearly growing budget,
+        ``eps * (k + 1) / (warmup_epochs + 1)`` in epoch ``k`` (step size scaled alike), then the rest at
+        ``eps``. Training at the full budget from random weights can collapse to a constant prediction
+        when data or epochs are few (a LeNet on 4,000 MNIST digits at L-inf 0.3 for 10 epochs does).
     """
     norm_name = {"inf": "inf", "linf": "inf", np.inf: "inf", 2: "l2", "2": "l2", "l2": "l2"}.get(norm)  # type: ignore[call-overload]
     if norm_name is None:
@@ -90,6 +95,9 @@ def madry_adversarial_training(
     nb_epochs = _check_count("nb_epochs", nb_epochs, 1)
     batch_size = _check_count("batch_size", batch_size, 1)
     num_random_init = _check_count("num_random_init", num_random_init, 0)
+    warmup_epochs = _check_count("warmup_epochs", warmup_epochs, 0)
+    if warmup_epochs >= nb_epochs:
+        raise ValueError(f"warmup_epochs must be below nb_epochs={nb_epochs}, got {warmup_epochs}")
     clip_values = getattr(classifier, "clip_values", None)
     if clip_values is None:
         raise ValueError("classifier must have clip_values set (e.g. (0, 1)) so PGD stays in the data range")
@@ -106,32 +114,63 @@ def madry_adversarial_training(
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"x and y must be non-empty with one label per input, got {len(x)} and {len(y)}")
 
+    # (epochs, fraction of eps): one stage per warm-up epoch, then the remaining epochs at the full budget
+    stages = [(1, (k + 1) / (warmup_epochs + 1)) for k in range(warmup_epochs)]
+    stages.append((nb_epochs - warmup_epochs, 1.0))
     with _seeded(int(seed)):
-        if norm_name == "inf":
-            trainer = AdversarialTrainerMadryPGD(
+        for epochs, fraction in stages:
+            _train_stage(
                 classifier,
-                nb_epochs=nb_epochs,
-                batch_size=batch_size,
-                eps=eps,
-                eps_step=eps_step,
-                max_iter=max_iter,
-                num_random_init=num_random_init,
-            )
-            trainer.attack.set_params(batch_size=batch_size, verbose=bool(verbose))
-            trainer.fit(x, y, nb_epochs=nb_epochs, batch_size=batch_size)
-        else:
-            attack = ProjectedGradientDescent(
-                classifier,
-                norm=2,
-                eps=eps,
-                eps_step=eps_step,
-                max_iter=max_iter,
-                num_random_init=num_random_init,
-                batch_size=batch_size,
-                verbose=bool(verbose),
-            )
-            AdversarialTrainer(classifier, attack, ratio=1.0).fit(
-                x, y, nb_epochs=nb_epochs, batch_size=batch_size
+                x,
+                y,
+                norm_name,
+                eps * fraction,
+                eps_step * fraction,
+                max_iter,
+                epochs,
+                batch_size,
+                num_random_init,
+                verbose,
             )
     classifier.model.eval()
     return classifier
+
+
+def _train_stage(
+    classifier: Any,
+    x: np.ndarray,
+    y: np.ndarray,
+    norm_name: str,
+    eps: float,
+    eps_step: float,
+    max_iter: int,
+    nb_epochs: int,
+    batch_size: int,
+    num_random_init: int,
+    verbose: bool,
+) -> None:
+    """``nb_epochs`` of PGD adversarial training at one budget (the optimizer state carries over)."""
+    if norm_name == "inf":
+        trainer = AdversarialTrainerMadryPGD(
+            classifier,
+            nb_epochs=nb_epochs,
+            batch_size=batch_size,
+            eps=eps,
+            eps_step=eps_step,
+            max_iter=max_iter,
+            num_random_init=num_random_init,
+        )
+        trainer.attack.set_params(batch_size=batch_size, verbose=bool(verbose))
+        trainer.fit(x, y, nb_epochs=nb_epochs, batch_size=batch_size)
+        return
+    attack = ProjectedGradientDescent(
+        classifier,
+        norm=2,
+        eps=eps,
+        eps_step=eps_step,
+        max_iter=max_iter,
+        num_random_init=num_random_init,
+        batch_size=batch_size,
+        verbose=bool(verbose),
+    )
+    AdversarialTrainer(classifier, attack, ratio=1.0).fit(x, y, nb_epochs=nb_epochs, batch_size=batch_size)

@@ -3,16 +3,24 @@ denoised smoothing (the clean model behind a denoiser trained for each sigma).
 
 Both are :class:`~evaluations.defences.SmoothedDefence`: the pipeline certifies them, attacks the smoothed
 soft classifier, and answers with PREDICT on fresh noise. Diffusion denoised smoothing plugs in the same
-way: one more builder returning ``SmoothedDefence`` objects around its estimator.
+way: one DDPM, trained on the run's training split, denoises in front of the clean classifier.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from typing import Any
 
 from . import DEFENCE_KINDS, BuildContext, SmoothedDefence
 
-__all__ = ["build_denoised_smoothing", "build_randomized_smoothing", "smoothed_defence"]
+__all__ = [
+    "build_denoised_smoothing",
+    "build_diffusion_smoothing",
+    "build_randomized_smoothing",
+    "smoothed_defence",
+]
 
 
 def _art_device(context: BuildContext) -> str:
@@ -136,27 +144,32 @@ def _denoiser(context: BuildContext, sigma: float, classifier: Any, classifier_k
     return context.models.cached(label, spec, build, train, save=save_denoiser, load=load_denoiser)
 
 
-def build_denoised_smoothing(context: BuildContext) -> list[SmoothedDefence]:
+def _denoised_estimator(context: BuildContext, classifier: Any, denoiser: Any, sigma: float, n0: int):
+    """Smoothing of ``classifier o denoiser`` at ``sigma`` with the run's alpha, m, seed and batch size."""
     from art_smoothing_plugin.estimators.denoised_smoothing import DenoisedSmoothingClassifier
 
+    return DenoisedSmoothingClassifier(
+        classifier,
+        denoiser,
+        input_shape=context.dataset.input_shape,
+        nb_classes=context.models.nb_classes,
+        scale=sigma,
+        clip_values=(0.0, 1.0),
+        alpha=context.config["smoothing"]["alpha"],
+        sample_size=context.config["attacks"]["noise_samples"],
+        n0=n0,
+        seed=context.config["run"]["seed"],
+        batch_size=context.config["smoothing"]["batch_size"],
+    )
+
+
+def build_denoised_smoothing(context: BuildContext) -> list[SmoothedDefence]:
     settings = context.config["denoised"]
     classifier, classifier_key = context.models.classifier("clean")
     defences = []
     for sigma in settings["sigmas"]:
         denoiser, denoiser_key = _denoiser(context, sigma, classifier, classifier_key)
-        estimator = DenoisedSmoothingClassifier(
-            classifier,
-            denoiser,
-            input_shape=context.dataset.input_shape,
-            nb_classes=context.models.nb_classes,
-            scale=sigma,
-            clip_values=(0.0, 1.0),
-            alpha=context.config["smoothing"]["alpha"],
-            sample_size=context.config["attacks"]["noise_samples"],
-            n0=settings["n0"],
-            seed=context.config["run"]["seed"],
-            batch_size=context.config["smoothing"]["batch_size"],
-        )
+        estimator = _denoised_estimator(context, classifier, denoiser, sigma, settings["n0"])
         defences.append(
             smoothed_defence(
                 context,
@@ -165,6 +178,80 @@ def build_denoised_smoothing(context: BuildContext) -> list[SmoothedDefence]:
                 estimator,
                 classifier,
                 {"model": classifier_key, "denoiser": denoiser_key, "objective": settings["objective"]},
+                sigma,
+                n=settings["n"],
+                n0=settings["n0"],
+                points=settings["points"],
+            )
+        )
+    return defences
+
+
+def _ddpm(context: BuildContext):
+    """The DDPM of the run's training split, trained once and cached (its file carries its config)."""
+    from art_smoothing_plugin.denoisers.ddpm import train_ddpm
+
+    settings = context.config["diffusion"]
+    spec = {
+        "schedule": "linear",
+        "num_timesteps": 1000,
+        "base_channels": settings["ddpm_channels"],
+        "channel_multipliers": tuple(settings["ddpm_multipliers"]),
+        "max_train_timestep": settings["max_train_timestep"],
+        "epochs": settings["ddpm_epochs"],
+        "batch_size": 128,
+        "learning_rate": 2e-3,
+        "seed": context.config["run"]["seed"],
+    }
+    folder = context.models.cache_dir / "ddpm"
+    cached = len(list(folder.glob("ddpm-*.pt"))) if folder.is_dir() else 0
+    start = time.perf_counter()
+    ddpm = train_ddpm(
+        context.dataset.x_train, cache_dir=folder, device=context.device, progress=context.progress, **spec
+    )
+    seconds = time.perf_counter() - start
+    trained = (len(list(folder.glob("ddpm-*.pt"))) if folder.is_dir() else 0) > cached
+    key = hashlib.sha256(json.dumps(ddpm.config.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+    context.models.events.append(
+        {
+            "name": "ddpm",
+            "status": "trained" if trained else "cached",
+            "seconds": seconds if trained else 0.0,
+            "path": str(folder),
+            "key": key,
+        }
+    )
+    return ddpm, key
+
+
+def build_diffusion_smoothing(context: BuildContext) -> list[SmoothedDefence]:
+    """Carlini et al.'s diffusion denoised smoothing: one DDPM trained on the run's training split serves
+    every sigma (one-shot denoising from the timestep whose noise level matches sigma), in front of the
+    clean classifier."""
+    settings = context.config["diffusion"]
+    classifier, classifier_key = context.models.classifier("clean")
+    ddpm, ddpm_key = _ddpm(context)
+    defences = []
+    for sigma in settings["sigmas"]:
+        try:
+            steps = settings["denoising_steps"]
+            denoiser = ddpm.denoiser(sigma, clip_values=(0.0, 1.0), denoising_steps=steps)
+        except ValueError as error:
+            raise ValueError(f"diffusion.sigmas: {error}") from error
+        estimator = _denoised_estimator(context, classifier, denoiser, sigma, settings["n0"])
+        defences.append(
+            smoothed_defence(
+                context,
+                DEFENCE_KINDS["diffusion_smoothing"].name_format.format(sigma=sigma, **settings),
+                "diffusion_smoothing",
+                estimator,
+                classifier,
+                {
+                    "model": classifier_key,
+                    "ddpm": ddpm_key,
+                    "timestep": denoiser.timestep,
+                    "denoising_steps": settings["denoising_steps"],
+                },
                 sigma,
                 n=settings["n"],
                 n0=settings["n0"],

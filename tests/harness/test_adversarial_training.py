@@ -117,6 +117,8 @@ def test_same_seed_same_model(digits):
         ({"norm": "l1", "eps": 0.1, "eps_step": 0.01}, "norm"),
         ({"norm": 2, "eps": 0.0, "eps_step": 0.01}, "eps"),
         ({"norm": 2, "eps": 1.0, "eps_step": 0.1, "max_iter": 0}, "max_iter"),
+        ({"norm": 2, "eps": 1.0, "eps_step": 0.1, "nb_epochs": 3, "warmup_epochs": 3}, "warmup_epochs"),
+        ({"norm": 2, "eps": 1.0, "eps_step": 0.1, "warmup_epochs": -1}, "warmup_epochs"),
     ],
 )
 def test_bad_arguments_are_refused(digits, kwargs, message):
@@ -131,3 +133,23 @@ def test_classifier_without_clip_values_is_refused(digits):
     )
     with pytest.raises(ValueError, match="clip_values"):
         madry_adversarial_training(classifier, digits.x_train[:8], digits.y_train[:8], eps=0.1, eps_step=0.05)
+
+
+@pytest.mark.parametrize("norm", ["inf", 2])
+def test_warmup_grows_the_budget_linearly_then_trains_at_eps(digits, norm, monkeypatch):
+    from evaluations.defences import adversarial_training
+
+    stages = []
+    real_stage = adversarial_training._train_stage
+
+    def recording(classifier, x, y, norm_name, eps, eps_step, max_iter, nb_epochs, *rest):
+        stages.append((nb_epochs, round(eps, 6), round(eps_step, 6)))
+        real_stage(classifier, x, y, norm_name, eps, eps_step, max_iter, nb_epochs, *rest)
+
+    monkeypatch.setattr(adversarial_training, "_train_stage", recording)
+    madry_adversarial_training(
+        art_classifier(digits), digits.x_train[:32], digits.y_train[:32], norm=norm, eps=0.3, eps_step=0.06,
+        max_iter=1, nb_epochs=5, batch_size=32, warmup_epochs=2,
+    )  # fmt: skip
+    # epochs 1 and 2 at 1/3 and 2/3 of the budget, then the remaining 3 epochs at the full budget
+    assert stages == [(1, 0.1, 0.02), (1, 0.2, 0.04), (3, 0.3, 0.06)]

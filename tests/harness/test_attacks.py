@@ -97,7 +97,7 @@ def test_applicability_matrix(built):
         name: {d for d in defences if attack_class(name)(settings).applies_to(defences[d])}
         for name in ATTACKS
     }
-    smoothed = {"rs_sigma0.25", "rs_sigma0.5", "denoised_dncnn_sigma0.5"}
+    smoothed = {"rs_sigma0.25", "rs_sigma0.5", "denoised_dncnn_sigma0.5", "diffusion_sigma0.5"}
     assert matrix["smoothadv"] == smoothed and matrix["eotpgd"] == smoothed
     assert matrix["pgd"] == set(defences) and matrix["art_pgd"] == set(defences)
     assert matrix["bpda"] == matrix["detector_evading"] == {"feature_squeezing"}

@@ -48,6 +48,7 @@ def test_file_merges_over_its_preset_and_overrides_win(tmp_path):
         (['defences.enabled=["undefended", "magic"]'], "defences.enabled", "unknown name 'magic'"),
         (['attacks.enabled=["cw"]'], "attacks.enabled", "unknown name 'cw'"),
         (["attacks.linf_eps=[0.1, 2]"], "attacks.linf_eps", "[0, 1]"),
+        (["adversarial_training.warmup_epochs=15"], "adversarial_training.warmup_epochs", "below"),
         (["certificate_check.enabled=1"], "certificate_check.enabled", "true or false"),
         (['model.architecture="resnet"'], "model.architecture", "'small_cnn'"),
         (['model.module="no_colon"'], "model.module", "package.module:attribute"),

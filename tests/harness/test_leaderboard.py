@@ -62,6 +62,7 @@ def test_leaderboard_ranks_valid_submissions_and_lists_invalid_ones(tmp_path, mo
         "undefended",
         "rs_sigma0.25",
         "denoised_dncnn_sigma0.5",
+        "diffusion_sigma0.5",
         "feature_squeezing",
     }
     assert (out / "alice" / "report.md").is_file() and not (out / "bob").exists()

@@ -28,6 +28,7 @@ def test_every_output_is_written_and_follows_the_schema(tiny_run):
         "rs_sigma0.25",
         "rs_sigma0.5",
         "denoised_dncnn_sigma0.5",
+        "diffusion_sigma0.5",
         "adversarial_training_linf",
         "adversarial_training_l2",
         "feature_squeezing",
@@ -51,7 +52,7 @@ def test_every_output_is_written_and_follows_the_schema(tiny_run):
 
 def test_certify_tsv_reproduces_the_summary(tiny_run):
     pipeline, results = tiny_run
-    for name in ("rs_sigma0.25", "rs_sigma0.5", "denoised_dncnn_sigma0.5"):
+    for name in ("rs_sigma0.25", "rs_sigma0.5", "denoised_dncnn_sigma0.5", "diffusion_sigma0.5"):
         path = pipeline.out_dir / f"certify-{name}.tsv"
         assert tuple(path.read_text().splitlines()[0].split("\t")) == CERTIFY_COLUMNS
         log = read_certify_log(path)

@@ -29,6 +29,9 @@ def test_dry_run_of_the_mnist5k_preset_plans_its_stages(tmp_path, capsys):
     # 500 points x (100 + 10,000) samples per sigma, as the issue asks
     assert "| certify | rs_sigma0.5 | 5 | 5,050,000 |" in out
     assert "| certify | denoised_dncnn_sigma0.5 | 1 | 210,000 |" in out
+    # diffusion: 100 points x (100 + 2,000) at each sigma, its DDPM to train, and no attack or check
+    assert "| certify | diffusion_sigma0.25 | 1 | 210,000 |" in out and "| train | ddpm (to train)" in out
+    assert "| certificate_check | diffusion_sigma0.5 |" not in out
 
 
 def test_analyze_subcommand_reaches_the_analyzer(tmp_path, capsys):

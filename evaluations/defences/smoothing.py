@@ -119,12 +119,15 @@ def _denoiser(context: BuildContext, sigma: float, classifier: Any, classifier_k
         "batch_size": context.config["model"]["batch_size"],
         "dataset": context.dataset.name,
         "seed": context.config["run"]["seed"],
+        "init": "seeded",  # initial weights from the seed, not from torch's global generator
         # Stability objectives train through the classifier: its identity is part of the denoiser's.
         "classifier": classifier_key if settings["objective"] != "mse" else None,
     }
 
     def build():
-        return architecture(channels=context.dataset.input_shape[0], **settings["denoiser_kwargs"])
+        # Seeded: otherwise the weights would depend on whatever drew from torch's global generator before.
+        kwargs = {"seed": spec["seed"], **settings["denoiser_kwargs"]}
+        return architecture(channels=context.dataset.input_shape[0], **kwargs)
 
     def train(denoiser) -> dict:
         history = train_denoiser(

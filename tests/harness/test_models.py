@@ -125,3 +125,23 @@ def test_trained_models_are_cached_by_configuration(tmp_path, digits):
     assert other.training_spec("clean") != store.training_spec("clean")
     noisy = store.training_spec("gaussian", sigma=0.25)
     assert noisy["sigma"] == 0.25 and noisy["seed"] != store.training_spec("clean")["seed"]
+
+
+def test_denoisers_trained_by_the_harness_do_not_depend_on_the_global_generator(tmp_path):
+    from evaluations.data import load_dataset
+    from evaluations.defences import BuildContext
+    from evaluations.defences.smoothing import _denoiser
+    from evaluations.models import ModelStore
+
+    from .conftest import tiny_config
+
+    config = tiny_config()
+    dataset = load_dataset("digits")
+    weights = []
+    for run, global_seed in enumerate((1, 2)):
+        torch.manual_seed(global_seed)  # whatever ran before in the process
+        store = ModelStore(config, dataset, tmp_path / f"cache{run}", progress=False, log=lambda m: None)
+        context = BuildContext(dataset, config, store, torch.device("cpu"), progress=False)
+        denoiser, _ = _denoiser(context, 0.5, None, "")
+        weights.append(torch.cat([p.detach().flatten() for p in denoiser.parameters()]))
+    assert torch.equal(weights[0], weights[1])

@@ -13,30 +13,15 @@ data, so both are required arguments here, and an L-inf eps larger than the data
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import torch
 from art.attacks.evasion import ProjectedGradientDescent
 from art.defences.trainer import AdversarialTrainer, AdversarialTrainerMadryPGD
 
+from ..attacks import seeded
+
 __all__ = ["madry_adversarial_training"]
-
-
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """ART draws its shuffles and PGD random starts from NumPy's and torch's global generators: seed both
-    for reproducibility and restore them afterwards."""
-    numpy_state = np.random.get_state()  # noqa: NPY002 - ART itself draws from the legacy global generator
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
-        torch.manual_seed(seed)
-        np.random.seed(seed % (2**32 - 1))  # noqa: NPY002
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)  # noqa: NPY002
 
 
 def _check_positive(name: str, value: Any) -> float:
@@ -117,7 +102,7 @@ def madry_adversarial_training(
     # (epochs, fraction of eps): one stage per warm-up epoch, then the remaining epochs at the full budget
     stages = [(1, (k + 1) / (warmup_epochs + 1)) for k in range(warmup_epochs)]
     stages.append((nb_epochs - warmup_epochs, 1.0))
-    with _seeded(int(seed)):
+    with seeded(int(seed)):
         for epochs, fraction in stages:
             _train_stage(
                 classifier,

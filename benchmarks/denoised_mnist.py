@@ -44,6 +44,7 @@ from art_smoothing_plugin.estimators import (  # noqa: E402
 )
 from art_smoothing_plugin.statistics import max_certifiable_radius  # noqa: E402
 from evaluations.data import load_dataset  # noqa: E402
+from evaluations.models import train_cross_entropy  # noqa: E402
 from evaluations.zoo import build_model  # noqa: E402
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -103,19 +104,9 @@ def mlp(seed: int) -> torch.nn.Module:
 
 
 def train_clean(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int, desc: str):
-    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in tqdm(range(epochs), desc=desc, unit="epoch"):
-        order = torch.randperm(len(x_t), generator=generator)
-        for start in range(0, len(x_t), 64):
-            index = order[start : start + 64]
-            loss = torch.nn.functional.cross_entropy(model(x_t[index]), y_t[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+    return train_cross_entropy(
+        model, x, y, epochs=epochs, batch_size=64, learning_rate=1e-3, seed=seed, progress=True, desc=desc
+    )
 
 
 def cached_classifier(cache: Path, name: str, build, train, **settings) -> torch.nn.Module:

@@ -44,6 +44,7 @@ from art_smoothing_plugin.denoisers.ddpm import train_ddpm  # noqa: E402
 from art_smoothing_plugin.estimators.denoised_smoothing import DenoisedSmoothingClassifier  # noqa: E402
 from art_smoothing_plugin.statistics import max_certifiable_radius  # noqa: E402
 from evaluations.data import load_dataset  # noqa: E402
+from evaluations.models import train_cross_entropy  # noqa: E402
 from evaluations.storage import atomic_write_bytes as atomic_write  # noqa: E402
 from evaluations.zoo import build_model  # noqa: E402
 
@@ -72,18 +73,9 @@ def lenet(data, cache: Path, epochs: int, sigma: float | None) -> tuple[torch.nn
         # sigma=None trains without noise: the same estimator's fit with a negligible scale would still
         # add noise, so the clean model is trained by a plain loop over the same batches.
         if sigma is None:
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-            x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
-            generator = torch.Generator().manual_seed(1)
-            model.train()
-            for _ in range(epochs):
-                order = torch.randperm(len(x), generator=generator)
-                for start in range(0, len(x), 128):
-                    batch = order[start : start + 128]
-                    loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
+            train_cross_entropy(
+                model, data.x_train, data.y_train, epochs=epochs, batch_size=128, learning_rate=1e-3, seed=1
+            )
         else:
             estimator = RandomizedSmoothingClassifier(
                 model,

@@ -45,6 +45,7 @@ __all__ = [
     "import_object",
     "load_state_dict_file",
     "load_user_model",
+    "train_cross_entropy",
 ]
 
 #: Where trained models are cached unless ``--cache-dir`` says otherwise.
@@ -265,23 +266,52 @@ def load_user_model(
 
 
 # -- training recipes --------------------------------------------------------------------------------------
-def _train_clean(
-    model: nn.Module, dataset: Dataset, spec: dict, device: torch.device, progress: bool
-) -> None:
-    optimizer = torch.optim.Adam(model.parameters(), lr=spec["learning_rate"])
-    generator = torch.Generator().manual_seed(spec["seed"])
-    x = torch.as_tensor(dataset.x_train, device=device)
-    y = torch.as_tensor(dataset.y_train, device=device)
+def train_cross_entropy(
+    model: nn.Module,
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "train clean",
+) -> nn.Module:
+    """Plain cross-entropy training on clean inputs (Adam, shuffled mini-batches from a generator seeded
+    with ``seed``); returns ``model`` in eval mode. The harness's clean recipe, and the benchmarks' and
+    tests' clean classifiers."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.as_tensor(x, device=device)
+    y = torch.as_tensor(y, device=device)
     model.train()
-    for _ in tqdm(range(spec["epochs"]), desc="train clean", disable=not progress, leave=False):
+    for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=False):
         order = torch.randperm(len(x), generator=generator).to(device)
-        for start in range(0, len(x), spec["batch_size"]):
-            index = order[start : start + spec["batch_size"]]
+        for start in range(0, len(x), batch_size):
+            index = order[start : start + batch_size]
             loss = nn.functional.cross_entropy(model(x[index]), y[index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    model.eval()
+    return model.eval()
+
+
+def _train_clean(
+    model: nn.Module, dataset: Dataset, spec: dict, device: torch.device, progress: bool
+) -> None:
+    train_cross_entropy(
+        model,
+        dataset.x_train,
+        dataset.y_train,
+        epochs=spec["epochs"],
+        batch_size=spec["batch_size"],
+        learning_rate=spec["learning_rate"],
+        seed=spec["seed"],
+        device=device,
+        progress=progress,
+    )
 
 
 def _art_device(device: torch.device) -> str:

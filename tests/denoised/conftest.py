@@ -19,6 +19,7 @@ import torch
 from art_smoothing_plugin.denoisers import DenoiserTrainer, DnCNN
 from art_smoothing_plugin.estimators import DenoisedSmoothingClassifier, RandomizedSmoothingClassifier
 from evaluations.data import load_dataset
+from evaluations.models import train_cross_entropy
 from evaluations.zoo import small_cnn
 
 SIGMAS = (0.25, 0.5)
@@ -37,19 +38,7 @@ def train_classifier(
     model: torch.nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
 ) -> torch.nn.Module:
     """Plain cross-entropy training on clean inputs (Adam, batches of 64)."""
-    x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x_t), generator=generator)
-        for start in range(0, len(x_t), 64):
-            index = order[start : start + 64]
-            loss = torch.nn.functional.cross_entropy(model(x_t[index]), y_t[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+    return train_cross_entropy(model, x, y, epochs=epochs, batch_size=64, learning_rate=1e-3, seed=seed)
 
 
 def narrow_cnn(seed: int) -> torch.nn.Module:

@@ -12,6 +12,7 @@ import torch
 
 from art_smoothing_plugin.denoisers.ddpm import TrainedDDPM, train_ddpm
 from evaluations.data import Dataset, load_dataset
+from evaluations.models import train_cross_entropy
 from evaluations.zoo import build_model
 
 #: The tiny DDPM of the tests: 16 channels at 8x8, trained on t <= 300 (sigma <= 0.5 needs t* <= 258 on
@@ -38,18 +39,9 @@ def digits() -> Dataset:
 def clean_classifier(digits: Dataset) -> torch.nn.Module:
     """small_cnn trained on clean digits only (no noise augmentation): ~98% clean test accuracy."""
     model = build_model("small_cnn", digits.input_shape, digits.nb_classes, seed=0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.as_tensor(digits.x_train), torch.as_tensor(digits.y_train)
-    for _ in range(30):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 64):
-            batch = order[start : start + 64]
-            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    train_cross_entropy(
+        model, digits.x_train, digits.y_train, epochs=30, batch_size=64, learning_rate=3e-3, seed=0
+    )
     accuracy = float(np.mean(model(torch.as_tensor(digits.x_test)).argmax(1).numpy() == digits.y_test))
     assert accuracy > 0.9, f"the clean digits classifier should reach > 90% test accuracy, got {accuracy:.3f}"
     return model

@@ -164,6 +164,14 @@ class SmoothingEstimatorMixin:
             return self.smoother
         return Smoother(self._base_labels, self.nb_classes, self._scale, self._batch_size, seed, self._device)
 
+    def _frequencies(self, x_t: torch.Tensor, batch_size: int, seed: int | None) -> np.ndarray:
+        """Smoothed class frequencies over ``sample_size`` draws per input, ``batch_size`` inputs per
+        forward pass: what ART's ``predict`` returns (float32, rows sum to 1)."""
+        counts = self._smoother_for(seed).vote_counts(
+            x_t, self._sample_size, batch_size * self._sample_size, progress=self.verbose and "predict"
+        )
+        return (counts.double() / self._sample_size).cpu().numpy().astype(np.float32)
+
     # -- Cohen's PREDICT and CERTIFY ------------------------------------------------------------------
     def predict_labels(
         self,

@@ -369,10 +369,7 @@ class DenoisedSmoothingClassifier(
         """
         batch_size = check_int_at_least("batch_size", batch_size, 1)
         x_t = self._prepare_call(x, self._sample_size)
-        counts = self._smoother_for(kwargs.get("seed")).vote_counts(
-            x_t, self._sample_size, batch_size * self._sample_size, progress=self.verbose and "predict"
-        )
-        return (counts.double() / self._sample_size).cpu().numpy().astype(np.float32)
+        return self._frequencies(x_t, batch_size, kwargs.get("seed"))
 
     def certify_detailed(
         self,

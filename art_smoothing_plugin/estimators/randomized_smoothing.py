@@ -220,10 +220,7 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         batch_size = check_int_at_least("batch_size", batch_size, 1)
         x_t = self._to_tensor(x)
         self.model.train(mode=training_mode)
-        counts = self._smoother_for(kwargs.get("seed")).vote_counts(
-            x_t, self._sample_size, batch_size * self._sample_size, progress=self.verbose and "predict"
-        )
-        frequencies = (counts.double() / self._sample_size).cpu().numpy().astype(np.float32)
+        frequencies = self._frequencies(x_t, batch_size, kwargs.get("seed"))
         return self._apply_postprocessing(preds=frequencies, fit=False)
 
     def certify_detailed(

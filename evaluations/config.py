@@ -604,13 +604,19 @@ def _cross_checks(config: dict[str, Any]) -> None:
         check["enabled"] = False
 
 
+#: The noise schedule of the harness's DDPM (not configurable): the builder trains with it and the config
+#: check maps every sigma to its timestep on it.
+DDPM_SCHEDULE = "linear"
+DDPM_TIMESTEPS = 1000
+
+
 def _check_diffusion_timesteps(section: dict[str, Any]) -> None:
-    """Every sigma must map to a timestep the DDPM trains on (linear schedule, T = 1000, data in [0, 1]
+    """Every sigma must map to a timestep the DDPM trains on (its fixed schedule; data in [0, 1]
     seen in [-1, 1], so the target noise level is 2 sigma): refused here, before the DDPM is trained."""
     from art_smoothing_plugin.denoisers.ddpm import make_alpha_bars
     from art_smoothing_plugin.denoisers.diffusion import select_timestep
 
-    alpha_bars = make_alpha_bars("linear", 1000)
+    alpha_bars = make_alpha_bars(DDPM_SCHEDULE, DDPM_TIMESTEPS)
     for sigma in section["sigmas"]:
         try:
             timestep = select_timestep(alpha_bars, 2 * sigma)

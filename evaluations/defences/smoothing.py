@@ -194,10 +194,12 @@ def _ddpm(context: BuildContext):
     """The DDPM of the run's training split, trained once and cached (its file carries its config)."""
     from art_smoothing_plugin.denoisers.ddpm import train_ddpm
 
+    from ..config import DDPM_SCHEDULE, DDPM_TIMESTEPS
+
     settings = context.config["diffusion"]
     spec = {
-        "schedule": "linear",
-        "num_timesteps": 1000,
+        "schedule": DDPM_SCHEDULE,
+        "num_timesteps": DDPM_TIMESTEPS,
         "base_channels": settings["ddpm_channels"],
         "channel_multipliers": tuple(settings["ddpm_multipliers"]),
         "max_train_timestep": settings["max_train_timestep"],

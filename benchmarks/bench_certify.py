@@ -18,7 +18,10 @@ Prints, in one run, side by side:
    timed ``--repeats`` times; in each repeat every method runs between two runs of the base model and
    its ratio is taken to their mean, which cancels the drift of a shared host's speed (it moves by 2x
    within seconds here); the table shows the median rate and the median of those bracketed ratios.
-   A last row times the noise alone (draw, scale, add), the sampler's own cost.
+   Two last rows time the noise alone (draw, scale, add): with torch.randn on one stream and with the
+   sampler's own fill; from them, the ceiling any sampler can reach: 1 / (1 + base/noise).
+   ``--tuned-malloc`` reruns everything with glibc keeping freed memory: by default each batch-1000
+   forward pass page-faults its activations back in, which slows the base model and hides the noise.
 
 3. Mean samples per input of fixed n = 100,000 and of adaptive certification on MNIST-5k: the adaptive
    side of ``bench_adaptive.py`` rerun on its cached fixed-n counts (``--skip-adaptive`` to leave out).
@@ -170,6 +173,21 @@ def run_child(args: list[str]) -> dict:
     return json.loads(lines[-1])
 
 
+NOISE_ONE_STREAM = "(noise only: torch.randn)"
+NOISE_SAMPLER = "(noise only: our sampler's fill)"
+#: glibc returns every tensor larger than its mmap threshold (at most 32 MiB) to the kernel when it is
+#: freed, so each forward pass of a batch-1000 CNN page-faults its activations back in (half of its time
+#: here). These settings keep freed memory in the process; ``--tuned-malloc`` runs with them.
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(4 * GIB), "MALLOC_TRIM_THRESHOLD_": str(4 * GIB)}
+
+
+def noise_ceiling(noise_ratios: list[float]) -> float:
+    """The highest ours/base any sampler can reach when drawing its noise costs what ``noise_ratios``
+    measured (noise rate / base rate, per bracketed repeat): a batch then takes the forward plus the draw,
+    1 / (1 + base/noise) of the forward's rate. Median over repeats."""
+    return stats_lib.median(1.0 / (1.0 + 1.0 / ratio) for ratio in noise_ratios)
+
+
 # -- throughput, in this process ---------------------------------------------------------------------------
 def throughput(
     n: int, repeats: int, batch_size: int, threads: int
@@ -180,6 +198,7 @@ def throughput(
     from tqdm.auto import tqdm
 
     from art_smoothing_plugin import RandomizedSmoothingClassifier
+    from art_smoothing_plugin.sampling import _GaussianFiller
 
     torch.set_num_threads(threads)
     shape = (3, 32, 32)
@@ -223,13 +242,23 @@ def throughput(
 
     noise_buffer = torch.empty_like(ready_batch)
     generator = torch.Generator().manual_seed(0)
+    sampler_fill = _GaussianFiller(generator, torch.device("cpu"), noise_buffer.numel())
 
     def noise_only() -> int:
-        # What the sampler adds to a forward pass: draw the noise, scale it, add the input.
+        # What any sampler adds to a forward pass: draw the noise (torch's CPU generator, one stream),
+        # scale it, add the input.
         with torch.inference_mode():
             for _ in range(forward_batches):
                 torch.randn(noise_buffer.shape, generator=generator, out=noise_buffer)
                 noise_buffer.mul_(0.25).add_(x_one_t[0])
+        return forward_batches * batch_size
+
+    def sampler_noise_only() -> int:
+        # The same with the sampler's own fill (parallel seeded streams), fused x + sigma * z.
+        with torch.inference_mode():
+            for _ in range(forward_batches):
+                sampler_fill(noise_buffer)
+                torch.add(x_one_t[0], noise_buffer, alpha=0.25, out=noise_buffer)
         return forward_batches * batch_size
 
     methods = {
@@ -237,7 +266,8 @@ def throughput(
         "ours: certify (n0=100 + n)": ours_certify,
         "ours: vote counting": ours_counting,
         "ART: predict (its counting)": art_predict,
-        "(noise only, no model)": noise_only,
+        NOISE_ONE_STREAM: noise_only,
+        NOISE_SAMPLER: sampler_noise_only,
     }
 
     def timed(method: Callable[[], int]) -> float:
@@ -310,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-adaptive", action="store_true", help="skip the fixed-vs-adaptive samples comparison"
     )
+    parser.add_argument(
+        "--tuned-malloc",
+        action="store_true",
+        help="rerun with glibc keeping freed memory (no page faults per forward pass; see TUNED_MALLOC)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     parser.add_argument("--child", choices=["ours", "art"], help=argparse.SUPPRESS)
     parser.add_argument("--shape", type=int, nargs=3, help=argparse.SUPPRESS)
@@ -327,8 +362,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(figures))
         return 0
 
+    if args.tuned_malloc and any(os.environ.get(key) != value for key, value in TUNED_MALLOC.items()):
+        # glibc reads these once, at start-up: restart this script with them set.
+        environment = {**os.environ, **TUNED_MALLOC}
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], environment)
+
     import torch
 
+    allocator = ", ".join(f"{key}={os.environ[key]}" for key in TUNED_MALLOC if key in os.environ)
     n_224 = 5_000 if args.quick else 100_000
     n_32 = (5_000, 10_000) if args.quick else (20_000, 100_000)
     n_throughput = 2_000 if args.quick else 4_000
@@ -339,10 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "threads": args.threads,
         "load_average_start": os.getloadavg(),
+        "allocator": allocator or "glibc defaults",
     }
     print(
         f"bench_certify ({report['mode']}): torch {torch.__version__}, {args.threads} threads, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, allocator: {report['allocator']}"
     )
 
     if not args.skip_memory:
@@ -419,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  ours/base = {ratio:.2f} (median of {repeats} bracketed ratios; target >= 0.90: "
             f"{'PASS' if ratio >= 0.9 else 'FAIL'}); ART/base = {paired['ART: predict (its counting)']:.2f}"
+        )
+        ceilings = {name: noise_ceiling(ratios[name]) for name in (NOISE_ONE_STREAM, NOISE_SAMPLER)}
+        report["throughput_noise_ceiling"] = ceilings
+        print(
+            "  ceiling set by the noise draw alone, 1 / (1 + base/noise): "
+            f"{ceilings[NOISE_ONE_STREAM]:.2f} with torch.randn on one stream, "
+            f"{ceilings[NOISE_SAMPLER]:.2f} with our sampler's fill"
         )
 
     if not args.skip_adaptive:

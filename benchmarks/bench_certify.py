@@ -365,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.tuned_malloc and any(os.environ.get(key) != value for key, value in TUNED_MALLOC.items()):
         # glibc reads these once, at start-up: restart this script with them set.
         environment = {**os.environ, **TUNED_MALLOC}
-        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]], environment)
+        arguments = sys.argv[1:] if argv is None else list(argv)
+        os.execve(sys.executable, [sys.executable, str(Path(__file__).resolve()), *arguments], environment)
 
     import torch
 

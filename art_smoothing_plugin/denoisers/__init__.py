@@ -11,10 +11,9 @@ from .ddpm import (
     TrainedDDPM,
     cosine_alpha_bars,
     linear_alpha_bars,
-    load_diffusers_checkpoint,
     train_ddpm,
 )
-from .diffusers_adapter import denoiser_from_diffusers
+from .diffusers_adapter import denoiser_from_diffusers, load_diffusers_checkpoint
 from .diffusion import PREDICTION_TYPES, DiffusionDenoiser, noise_levels, select_timestep
 from .dncnn import DnCNN
 from .io import DENOISER_ARCHITECTURES, load_denoiser, register_denoiser, save_denoiser

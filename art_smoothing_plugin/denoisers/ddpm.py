@@ -5,7 +5,9 @@ smoothing is shown on a model trained here, in CPU minutes (Ho, Jain & Abbeel 20
 the noise added by ``q(x_t | x_0)`` at a uniformly drawn timestep). :func:`train_ddpm` returns a
 :class:`TrainedDDPM` whose :meth:`~TrainedDDPM.denoiser` builds the
 :class:`~art_smoothing_plugin.denoisers.diffusion.DiffusionDenoiser` for a given sigma. A user's own
-diffusers checkpoint is loaded with :func:`load_diffusers_checkpoint` (needs the ``diffusion`` extra).
+diffusers checkpoint is loaded with
+:func:`~art_smoothing_plugin.denoisers.diffusers_adapter.load_diffusers_checkpoint` (needs the ``diffusion``
+extra).
 
 Schedules use the usual indexing: ``abar[t] = prod_{s <= t} (1 - beta_s)`` for ``t = 0 .. T - 1``, and the
 model is called with that same ``t`` (diffusers' convention).
@@ -38,7 +40,6 @@ __all__ = [
     "cosine_alpha_bars",
     "default_cache_dir",
     "linear_alpha_bars",
-    "load_diffusers_checkpoint",
     "make_alpha_bars",
     "train_ddpm",
 ]
@@ -455,21 +456,3 @@ def _fit(x: np.ndarray, config: DDPMConfig, device: torch.device, progress: bool
             history.append(epoch_loss / len(data))
             bar.set_postfix(loss=f"{history[-1]:.4f}")
     return TrainedDDPM(model.eval(), config, history)
-
-
-# -- a user's diffusers checkpoint ---------------------------------------------------------------------
-def load_diffusers_checkpoint(
-    path: str | Path,
-    sigma: float,
-    *,
-    clip_values: tuple[float, float] = (0.0, 1.0),
-    denoising_steps: int = 1,
-    device: torch.device | str = "cpu",
-) -> DiffusionDenoiser:
-    """The diffusion denoiser of a diffusers checkpoint folder (a saved ``DDPMPipeline`` with ``unet/`` and
-    ``scheduler/`` subfolders, or a folder holding a UNet2DModel's ``config.json`` and a
-    ``scheduler_config.json``). Needs the optional ``diffusion`` extra; see
-    :mod:`art_smoothing_plugin.denoisers.diffusers_adapter`."""
-    from .diffusers_adapter import load_diffusers_checkpoint as load
-
-    return load(path, sigma, clip_values=clip_values, denoising_steps=denoising_steps, device=device)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from evaluations.config import resolve_config
 
@@ -79,3 +80,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
     pipeline.prepare()
     results = pipeline.run()
     return pipeline, results
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module whose tests train tiny models (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): a second thread is no faster on them, and far slower when
+    other jobs share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

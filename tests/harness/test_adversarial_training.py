@@ -20,12 +20,7 @@ from evaluations.zoo import build_model
 SETTINGS = {"inf": (0.2, 0.1, np.inf), 2: (1.0, 0.5, 2)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

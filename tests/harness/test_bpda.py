@@ -12,35 +12,23 @@ from torch import nn
 from evaluations.attacks.bpda import bpda_pgd, pgd
 from evaluations.data import load_dataset
 from evaluations.defences.feature_squeezing import squeezed_classifier, squeezer, torch_squeeze
+from evaluations.models import train_cross_entropy
 from evaluations.zoo import build_model
 
 EPS, STEPS = 0.2, 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def digits():
     dataset = load_dataset("digits")
     model = build_model("small_cnn", dataset.input_shape, dataset.nb_classes, seed=1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
-    generator = torch.Generator().manual_seed(1)
-    x, y = torch.as_tensor(dataset.x_train), torch.as_tensor(dataset.y_train)
-    for _ in range(10):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 64):
-            index = order[start : start + 64]
-            loss = nn.functional.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return dataset, model.eval()
+    train_cross_entropy(
+        model, dataset.x_train, dataset.y_train, epochs=10, batch_size=64, learning_rate=0.003, seed=1
+    )
+    return dataset, model
 
 
 def _correct(model: nn.Module, x: np.ndarray, y: np.ndarray, squeeze=None) -> np.ndarray:

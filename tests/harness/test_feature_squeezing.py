@@ -30,6 +30,7 @@ from evaluations.defences.feature_squeezing import (
     squeezers,
     torch_squeeze,
 )
+from evaluations.models import train_cross_entropy
 from evaluations.zoo import build_model
 
 FPR = 0.05
@@ -37,30 +38,14 @@ EPS = 0.2  # L-inf, [0, 1] units
 STEPS = 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: one thread is as fast, and far faster when other jobs share the cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_digits_model(dataset, epochs: int = 10, seed: int = 0) -> nn.Module:
     model = build_model("small_cnn", dataset.input_shape, dataset.nb_classes, seed=seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
-    generator = torch.Generator().manual_seed(seed)
-    x, y = torch.as_tensor(dataset.x_train), torch.as_tensor(dataset.y_train)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), 64):
-            index = order[start : start + 64]
-            loss = nn.functional.cross_entropy(model(x[index]), y[index])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
+    return train_cross_entropy(
+        model, dataset.x_train, dataset.y_train, epochs=epochs, batch_size=64, learning_rate=0.003, seed=seed
+    )
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,6 +43,7 @@ from art_smoothing_plugin.estimators import (  # noqa: E402
 )
 from art_smoothing_plugin.statistics import max_certifiable_radius  # noqa: E402
 from evaluations.data import load_dataset  # noqa: E402
+from evaluations.metrics import discordant_pairs_test  # noqa: E402
 from evaluations.models import train_cross_entropy  # noqa: E402
 from evaluations.zoo import build_model  # noqa: E402
 
@@ -241,13 +241,6 @@ def certified(result: dict, y: np.ndarray, radius: float) -> np.ndarray:
     return (result["labels"] == y) & (result["radii"] >= radius)
 
 
-def discordant_pvalue(ours: np.ndarray, baseline: np.ndarray) -> tuple[int, int, float]:
-    """Exact one-sided binomial test on discordant pairs (McNemar): is ``ours`` certified more often?"""
-    b, c = int(np.sum(ours & ~baseline)), int(np.sum(~ours & baseline))
-    p = 1.0 if b + c == 0 else float(stats.binomtest(b, b + c, 0.5, alternative="greater").pvalue)
-    return b, c, p
-
-
 def markdown_table(results: dict, y: np.ndarray, args) -> str:
     lines = [
         f"Certified accuracy (%) on the first {len(y)} MNIST-5k test images; n0={args.n0}, n={args.n}, "
@@ -271,7 +264,7 @@ def markdown_table(results: dict, y: np.ndarray, args) -> str:
             else:
                 tests = []
                 for r in (0.0, 0.25):
-                    b, c, p = discordant_pvalue(
+                    b, c, p = discordant_pairs_test(
                         certified(result, y, r), certified(results[sigma, "none"], y, r)
                     )
                     tests.append(f"{p:.1g} ({b}/{c})")

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -45,6 +44,7 @@ from art_smoothing_plugin.denoisers.ddpm import train_ddpm  # noqa: E402
 from art_smoothing_plugin.estimators.denoised_smoothing import DenoisedSmoothingClassifier  # noqa: E402
 from art_smoothing_plugin.statistics import max_certifiable_radius  # noqa: E402
 from evaluations.data import load_dataset  # noqa: E402
+from evaluations.metrics import discordant_pairs_test  # noqa: E402
 from evaluations.models import train_cross_entropy  # noqa: E402
 from evaluations.storage import atomic_write_bytes as atomic_write  # noqa: E402
 from evaluations.zoo import build_model  # noqa: E402
@@ -149,12 +149,6 @@ def certified_mask(record: dict, radius: float) -> np.ndarray:
     return np.asarray(record["correct"]) & (labels >= 0) & (radii >= radius)
 
 
-def sign_test(better: np.ndarray, worse: np.ndarray, alternative: str) -> tuple[int, int, float]:
-    b, c = int(np.sum(better & ~worse)), int(np.sum(~better & worse))
-    pvalue = stats.binomtest(b, b + c, 0.5, alternative=alternative).pvalue if b + c else 1.0
-    return b, c, float(pvalue)
-
-
 def plot(results: dict, sigmas: list[float], path: Path, subtitle: str, largest=None) -> None:
     """Certified accuracy against radius, one panel per sigma; ``largest(sigma)`` marks the radius bound."""
     import matplotlib
@@ -242,7 +236,7 @@ def markdown(results: dict, timesteps: dict, sigmas: list[float], args, setup: s
         for first, second, alternative, title in comparisons:
             if (first, sigma) not in results or (second, sigma) not in results:
                 continue
-            b, c, pvalue = sign_test(
+            b, c, pvalue = discordant_pairs_test(
                 certified_mask(results[(first, sigma)], 0.0),
                 certified_mask(results[(second, sigma)], 0.0),
                 alternative,
@@ -261,7 +255,7 @@ def markdown(results: dict, timesteps: dict, sigmas: list[float], args, setup: s
             continue
         cells = []
         for radius in RADII[1:]:
-            b, c, pvalue = sign_test(
+            b, c, pvalue = discordant_pairs_test(
                 certified_mask(results[("diffusion", sigma)], radius),
                 certified_mask(results[("none", sigma)], radius),
                 "greater",
@@ -299,7 +293,7 @@ def confirmatory(results: dict, sigmas: list[float], args, level: float) -> str:
         radius = 2 * sigma
         with_ddpm = certified_mask(results[("diffusion", sigma)], radius)
         without = certified_mask(results[("none", sigma)], radius)
-        b, c, pvalue = sign_test(with_ddpm, without, "greater")
+        b, c, pvalue = discordant_pairs_test(with_ddpm, without, "greater")
         verdict = "significant" if pvalue < level else "not significant"
         lines.append(
             f"| {sigma} | {radius:g} | {100 * without.mean():.0f}% | {100 * with_ddpm.mean():.0f}% "

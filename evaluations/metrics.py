@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import stats
 
 from art_smoothing_plugin.statistics import binomial_upper_tail, clopper_pearson_upper
 
@@ -31,6 +32,7 @@ __all__ = [
     "certified_accuracy",
     "certified_empirical_gaps",
     "corrected_alpha",
+    "discordant_pairs_test",
     "optimistic_envelope",
 ]
 
@@ -186,6 +188,34 @@ def corrected_alpha(alpha: float, k: int) -> float:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer (the number of sigmas tried), got {k!r}")
     return float(alpha) / int(k)
+
+
+def discordant_pairs_test(
+    first: ArrayLike, second: ArrayLike, alternative: str = "greater"
+) -> tuple[int, int, float]:
+    """Exact sign test (McNemar's exact test) of two methods on the same points: ``(b, c, p)``.
+
+    ``first`` and ``second`` are booleans per point (e.g. certified correct at a radius); ``b`` counts the
+    points only ``first`` gets, ``c`` those only ``second`` gets. If the two methods were equally good, each
+    of the ``b + c`` discordant points would go either way with probability 1/2, so ``p`` is the exact
+    binomial p-value of ``b`` in ``b + c`` trials: ``"greater"`` tests "first is better" (P(Bin >= b)),
+    ``"less"`` the reverse, ``"two-sided"`` either. 1.0 when no point is discordant."""
+    if alternative not in ("greater", "less", "two-sided"):
+        raise ValueError(f"alternative must be 'greater', 'less' or 'two-sided', got {alternative!r}")
+    hits = {"first": np.asarray(first), "second": np.asarray(second)}
+    for name, values in hits.items():
+        if values.dtype != np.bool_ or values.ndim != 1:
+            raise ValueError(
+                f"{name} must be a 1-D boolean array (one entry per point), got {values.dtype} of shape "
+                f"{values.shape}"
+            )
+    _same_length(**hits)
+    only_first = int(np.sum(hits["first"] & ~hits["second"]))
+    only_second = int(np.sum(~hits["first"] & hits["second"]))
+    if only_first + only_second == 0:
+        return 0, 0, 1.0
+    pvalue = stats.binomtest(only_first, only_first + only_second, 0.5, alternative=alternative).pvalue
+    return only_first, only_second, float(pvalue)
 
 
 def certified_empirical_gaps(

@@ -12,19 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import stats
 
 from art_smoothing_plugin.estimators.denoised_smoothing import DenoisedSmoothingClassifier
+from evaluations.metrics import discordant_pairs_test
 
 POINTS = 300  # the first 300 of the 500 digits test points
 N0, N, ALPHA = 10, 100, 0.001
-
-
-def discordant_pairs_pvalue(better: np.ndarray, worse: np.ndarray) -> tuple[int, int, float]:
-    """(b, c, p): b points certified only by `better`, c only by `worse`, p = P(Bin(b + c, 1/2) >= b)."""
-    b = int(np.sum(better & ~worse))
-    c = int(np.sum(~better & worse))
-    return b, c, float(stats.binom.sf(b - 1, b + c, 0.5)) if b + c else 1.0
 
 
 def smoothed(classifier, denoiser, sigma: float, digits) -> DenoisedSmoothingClassifier:
@@ -51,7 +44,7 @@ def test_diffusion_denoiser_certifies_significantly_more_points(
     for name, chosen in {"none": None, "diffusion": denoiser}.items():
         result = smoothed(clean_classifier, chosen, sigma, digits).certify_detailed(x, N)
         certified[name] = result.certified_at(0.0, y)
-    b, c, pvalue = discordant_pairs_pvalue(certified["diffusion"], certified["none"])
+    b, c, pvalue = discordant_pairs_test(certified["diffusion"], certified["none"])
     summary = (
         f"sigma={sigma}: diffusion certified {certified['diffusion'].mean():.3f}, "
         f"none {certified['none'].mean():.3f}; discordant {b} vs {c}, p={pvalue:.3g}"
@@ -71,9 +64,3 @@ def test_gradients_flow_through_the_diffusion_denoiser(digits, clean_classifier,
     gradient = estimator.loss_gradient(digits.x_test[:3], digits.y_test[:3])
     assert gradient.shape == digits.x_test[:3].shape and np.isfinite(gradient).all()
     assert float(np.abs(gradient).sum()) > 0
-
-
-def test_sign_test_helper_can_refuse() -> None:
-    equal = np.array([True, False] * 10)
-    assert discordant_pairs_pvalue(equal, ~equal)[2] > 0.5
-    assert discordant_pairs_pvalue(np.ones(8, bool), np.zeros(8, bool)) == (8, 0, 0.5**8)

@@ -18,6 +18,7 @@ from evaluations.metrics import (
     certified_accuracy,
     certified_empirical_gaps,
     corrected_alpha,
+    discordant_pairs_test,
     optimistic_envelope,
 )
 
@@ -66,6 +67,9 @@ def test_accuracy_counts_abstentions_as_wrong():
         (lambda: certificate_check(np.zeros((2, 2), bool), alpha=0.01), "1-D"),
         (lambda: corrected_alpha(0.001, 0), "positive integer"),
         (lambda: optimistic_envelope({0.25: [1, 0], 0.5: [1, 0, 0]}), "same radius grid"),
+        (lambda: discordant_pairs_test([1, 0], [True, False]), "first must be a 1-D boolean"),
+        (lambda: discordant_pairs_test(np.ones(3, bool), np.ones(2, bool)), "same length"),
+        (lambda: discordant_pairs_test(np.ones(3, bool), np.ones(3, bool), "bigger"), "alternative"),
     ],
 )
 def test_bad_input_is_refused_with_a_named_message(call, message):
@@ -153,3 +157,18 @@ def test_certificate_check_passes_a_sound_certifier_and_catches_one_that_doubles
     assert sound["trials"] >= 250 and doubled["trials"] == sound["trials"]
     assert not sound["flagged"]
     assert doubled["flagged"] and doubled["rate"] > 0.5
+
+
+def test_discordant_pairs_test_counts_only_disagreements_and_can_refuse():
+    equal = np.array([True, False] * 10)
+    assert discordant_pairs_test(equal, ~equal)[2] > 0.5
+    assert discordant_pairs_test(np.ones(8, bool), np.zeros(8, bool)) == (8, 0, 0.5**8)
+    # Points both methods get (or both miss) carry no evidence: they change neither the counts nor p.
+    first = np.array([True] * 9 + [False] + [True] * 30 + [False] * 30)
+    second = np.array([False] * 9 + [True] + [True] * 30 + [False] * 30)
+    b, c, p = discordant_pairs_test(first, second)
+    assert (b, c) == (9, 1)
+    assert p == pytest.approx(stats.binom.sf(b - 1, b + c, 0.5), rel=1e-12)  # P(Bin(10, 1/2) >= 9)
+    assert discordant_pairs_test(second, first, "less")[2] == pytest.approx(p, rel=1e-12)
+    assert discordant_pairs_test(first, second, "two-sided")[2] == pytest.approx(min(1.0, 2 * p), rel=1e-12)
+    assert discordant_pairs_test(equal, equal) == (0, 0, 1.0)

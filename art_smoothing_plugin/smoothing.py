@@ -197,11 +197,7 @@ class Smoother:
         n = check_int_at_least("n", n, 1)
         alpha = check_probability("alpha", alpha)
         counts = self.vote_counts(x, n, batch_size, progress=progress and "PREDICT").cpu().numpy()
-        top_two = np.argsort(-counts, axis=1, kind="stable")[:, :2]
-        rows = np.arange(len(counts))
-        count_top, count_second = counts[rows, top_two[:, 0]], counts[rows, top_two[:, 1]]
-        pvalues = np.atleast_1d(statistics.predict_test_pvalue(count_top, count_second))
-        return np.where(pvalues <= alpha, top_two[:, 0], ABSTAIN).astype(np.int64)
+        return predict_from_counts(counts, alpha)
 
     def certify(
         self,
@@ -229,6 +225,18 @@ class Smoother:
         estimation = self.vote_counts(x, n, batch_size, progress=progress and "CERTIFY: estimation")
         counts_top = estimation.gather(1, candidates.unsqueeze(1)).squeeze(1).cpu().numpy()
         return certificate_from_counts(candidates.cpu().numpy(), counts_top, n0, n, alpha, self.sigma)
+
+
+def predict_from_counts(counts: np.ndarray, alpha: float) -> np.ndarray:
+    """PREDICT's answer from vote counts ``(N, num_classes)``: the most frequent class (the lowest index
+    among ties) where the two-sided binomial test rejects, at level ``alpha``, that the top two counts are
+    equally likely; :data:`ABSTAIN` elsewhere."""
+    counts = np.asarray(counts)
+    top_two = np.argsort(-counts, axis=1, kind="stable")[:, :2]
+    rows = np.arange(len(counts))
+    count_top, count_second = counts[rows, top_two[:, 0]], counts[rows, top_two[:, 1]]
+    pvalues = np.atleast_1d(statistics.predict_test_pvalue(count_top, count_second))
+    return np.where(pvalues <= alpha, top_two[:, 0], ABSTAIN).astype(np.int64)
 
 
 def certificate_from_counts(

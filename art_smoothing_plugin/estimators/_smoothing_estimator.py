@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .._validation import check_batch, check_int_at_least, check_positive_float, check_probability
-from ..smoothing import CertificationResult, Smoother
+from ..smoothing import ABSTAIN, CertificationResult, Smoother, predict_from_counts
 
 __all__ = ["SmoothingEstimatorMixin"]
 
@@ -164,13 +164,30 @@ class SmoothingEstimatorMixin:
             return self.smoother
         return Smoother(self._base_labels, self.nb_classes, self._scale, self._batch_size, seed, self._device)
 
-    def _frequencies(self, x_t: torch.Tensor, batch_size: int, seed: int | None) -> np.ndarray:
-        """Smoothed class frequencies over ``sample_size`` draws per input, ``batch_size`` inputs per
-        forward pass: what ART's ``predict`` returns (float32, rows sum to 1)."""
+    def _predict_rows(
+        self, x_t: torch.Tensor, batch_size: int, seed: int | None, is_abstain: bool | None
+    ) -> np.ndarray:
+        """What ``predict`` returns, from ``sample_size`` draws per input, ``batch_size`` inputs per forward
+        pass (float32, one row per input):
+
+        * ``is_abstain=None``: the smoothed class frequencies (rows sum to 1, never a zero row);
+        * ``is_abstain=True``: ART's rows, one-hot of PREDICT's label at level ``alpha`` on those draws,
+          all zero where PREDICT abstains;
+        * ``is_abstain=False``: one-hot of the most frequent class (the argmax of the frequencies).
+        """
+        if is_abstain is not None and not isinstance(is_abstain, (bool, np.bool_)):
+            raise ValueError(f"is_abstain must be True, False or None (frequencies), got {is_abstain!r}")
         counts = self._smoother_for(seed).vote_counts(
             x_t, self._sample_size, batch_size * self._sample_size, progress=self.verbose and "predict"
         )
-        return (counts.double() / self._sample_size).cpu().numpy().astype(np.float32)
+        counts_np = counts.cpu().numpy()
+        if is_abstain is None:
+            return (counts_np / self._sample_size).astype(np.float32)
+        labels = predict_from_counts(counts_np, self._alpha) if is_abstain else counts_np.argmax(axis=1)
+        rows = np.zeros(counts_np.shape, dtype=np.float32)
+        answered = np.flatnonzero(labels != ABSTAIN)
+        rows[answered, labels[answered]] = 1.0
+        return rows
 
     # -- Cohen's PREDICT and CERTIFY ------------------------------------------------------------------
     def predict_labels(

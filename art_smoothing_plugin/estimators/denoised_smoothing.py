@@ -366,10 +366,14 @@ class DenoisedSmoothingClassifier(
         smoothed prediction; for PREDICT with abstention use :meth:`predict_labels`.
 
         :param batch_size: inputs per forward pass (each contributes ``sample_size`` noisy copies).
+        :param is_abstain: ART's keyword. Not given (the default): the frequencies. ``True``: ART's rows,
+            one-hot of PREDICT's label on the ``sample_size`` draws at level ``alpha``, all zero where
+            PREDICT abstains. ``False``: one-hot rows of the most frequent class.
+        :param seed: draw this call's noise from a generator with this seed.
         """
         batch_size = check_int_at_least("batch_size", batch_size, 1)
         x_t = self._prepare_call(x, self._sample_size)
-        return self._frequencies(x_t, batch_size, kwargs.get("seed"))
+        return self._predict_rows(x_t, batch_size, kwargs.get("seed"), kwargs.get("is_abstain"))
 
     def certify_detailed(
         self,

@@ -216,12 +216,16 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         prediction. For PREDICT with abstention use :meth:`predict_labels`.
 
         :param batch_size: inputs per forward pass (each contributes ``sample_size`` noisy copies).
+        :param is_abstain: ART's keyword. Not given (the default): the frequencies. ``True``: ART's rows,
+            one-hot of PREDICT's label on the ``sample_size`` draws at level ``alpha``, all zero where
+            PREDICT abstains. ``False``: one-hot rows of the most frequent class.
+        :param seed: draw this call's noise from a generator with this seed.
         """
         batch_size = check_int_at_least("batch_size", batch_size, 1)
         x_t = self._to_tensor(x)
         self.model.train(mode=training_mode)
-        frequencies = self._frequencies(x_t, batch_size, kwargs.get("seed"))
-        return self._apply_postprocessing(preds=frequencies, fit=False)
+        rows = self._predict_rows(x_t, batch_size, kwargs.get("seed"), kwargs.get("is_abstain"))
+        return self._apply_postprocessing(preds=rows, fit=False)
 
     def certify_detailed(
         self,

@@ -10,6 +10,7 @@ inside the base classifier, in fit, predict, certify and gradients alike.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -278,7 +279,7 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         nb_epochs = check_int_at_least("nb_epochs", nb_epochs, 0)
         x_t = self._to_tensor(x)
         y_t = self._labels_tensor(check_and_transform_label_format(y, nb_classes=self.nb_classes), len(x_t))
-        generator = self.smoother.generator(self._device)
+        noise = self.smoother.generator(self._device)
         shuffle_generator = make_generator(None if self._seed is None else self._seed + 1, "cpu")
         self.model.train(mode=training_mode)
         for _ in tqdm(range(nb_epochs), disable=not (verbose or self.verbose), desc="epochs"):
@@ -287,20 +288,62 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
                 index = order[start : start + batch_size]
                 if drop_last and len(index) < batch_size:
                     break
-                clean = x_t.index_select(0, index)
-                noisy = clean + self._scale * torch.randn(
-                    clean.shape, generator=generator, device=self._device, dtype=clean.dtype
-                )
-                outputs = self.model(self._preprocess_tensor(noisy, fit=True))
-                loss = self._loss(
-                    check_logits(outputs, len(index), self.nb_classes), y_t.index_select(0, index)
-                )
-                self._optimizer.zero_grad()
-                loss.backward()
-                self._optimizer.step()
+                self._train_step(x_t.index_select(0, index), y_t.index_select(0, index), noise)
             if scheduler is not None:
                 scheduler.step()
         self.model.eval()
+
+    def fit_generator(
+        self, generator: Any, nb_epochs: int = 20, verbose: bool = False, **kwargs: Any
+    ) -> None:
+        """Train the base model on the batches of an ART ``DataGenerator`` with Gaussian noise augmentation,
+        exactly as :meth:`fit` does: each batch is ``x + N(0, scale^2 I)``, unclipped, in the units of
+        ``x``, from the estimator's noise stream; preprocessing is applied after. An epoch is one pass
+        over a ``PyTorchDataGenerator``'s data loader, else ``ceil(size / batch_size)`` batches.
+
+        :param training_mode: ``True`` (default) trains in train mode; the model is left in eval mode.
+        """
+        from art.data_generators import DataGenerator, PyTorchDataGenerator
+
+        if not isinstance(generator, DataGenerator):
+            raise ValueError(
+                "generator must be an ART DataGenerator yielding (x, y) batches, got "
+                f"{type(generator).__name__}"
+            )
+        if self._optimizer is None:
+            raise ValueError("fit_generator needs an optimizer: pass optimizer= to the constructor")
+        nb_epochs = check_int_at_least("nb_epochs", nb_epochs, 0)
+        noise = self.smoother.generator(self._device)
+        self.model.train(mode=bool(kwargs.get("training_mode", True)))
+        for _ in tqdm(range(nb_epochs), disable=not (verbose or self.verbose), desc="epochs"):
+            if isinstance(generator, PyTorchDataGenerator):
+                batches = iter(generator.iterator)
+            else:
+                batches = (
+                    generator.get_batch() for _ in range(math.ceil(generator.size / generator.batch_size))
+                )
+            for batch in batches:
+                x_batch, y_batch = (
+                    b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else b for b in batch
+                )
+                x_t = self._to_tensor(x_batch)
+                y_t = self._labels_tensor(
+                    check_and_transform_label_format(y_batch, self.nb_classes), len(x_t)
+                )
+                self._train_step(x_t, y_t, noise)
+        self.model.eval()
+
+    def _train_step(self, clean: torch.Tensor, labels: torch.Tensor, noise: torch.Generator) -> None:
+        """One optimiser step of Cohen's recipe on a batch: the loss of the base model at
+        ``clean + N(0, scale^2 I)`` (preprocessing applied after the noise)."""
+        noisy = clean + self._scale * torch.randn(
+            clean.shape, generator=noise, device=self._device, dtype=clean.dtype
+        )
+        outputs = self.model(self._preprocess_tensor(noisy, fit=True))
+        loss = self._loss(check_logits(outputs, len(clean), self.nb_classes), labels)
+        self._optimizer.zero_grad()
+        loss.backward()
+        self._optimizer.step()
 
     def loss_gradient(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from art_smoothing_plugin import ABSTAIN, DenoisedSmoothingClassifier, RandomizedSmoothingClassifier
 from art_smoothing_plugin.statistics import binomial_upper_tail
@@ -92,3 +93,85 @@ def test_predict_is_abstain_false_gives_one_hot_of_the_smoothed_argmax(kind) -> 
 def test_predict_refuses_a_bad_is_abstain(kind) -> None:
     with pytest.raises(ValueError, match="is_abstain"):
         make(kind, Boundary()).predict(boundary_points(), is_abstain="yes")
+
+
+# -- fit_generator -------------------------------------------------------------------------------------------
+class InputRecorder(torch.nn.Module):
+    """A linear model that records, in training mode, the sum of squares and count of the values it sees."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.linear = torch.nn.Linear(4, 2)
+        self.sum_squares, self.count = 0.0, 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.sum_squares += float((z.detach() ** 2).sum())
+            self.count += z.numel()
+        return self.linear(z)
+
+
+def trainable(model: torch.nn.Module, scale: float = 0.5) -> RandomizedSmoothingClassifier:
+    return RandomizedSmoothingClassifier(
+        model,
+        torch.nn.CrossEntropyLoss(),
+        (4,),
+        2,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        clip_values=(0.0, 1.0),
+        device_type="cpu",
+        scale=scale,
+        seed=3,
+    )
+
+
+def data_generators(x: np.ndarray, y: np.ndarray, batch_size: int):
+    """ART's PyTorch data generator (its own training loop in ART) and a plain DataGenerator."""
+    from art.data_generators import NumpyDataGenerator, PyTorchDataGenerator
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=batch_size
+    )
+    return {
+        "pytorch": PyTorchDataGenerator(loader, size=len(x), batch_size=batch_size),
+        "numpy": NumpyDataGenerator(x, y, batch_size=batch_size, shuffle=False),
+    }
+
+
+@pytest.mark.parametrize("generator_kind", ["pytorch", "numpy"])
+def test_fit_generator_adds_the_noise_fit_adds(generator_kind) -> None:
+    # Clean inputs are all zero, so what the model sees is the noise alone: under N(0, scale^2) noise the
+    # sum of squares / scale^2 is chi-square with as many degrees of freedom as values seen.
+    scale, x = 0.5, np.zeros((64, 4), dtype=np.float32)
+    y = np.eye(2, dtype=np.float32)[np.arange(64) % 2]
+    recorders = {"fit": InputRecorder(), "fit_generator": InputRecorder()}
+    trainable(recorders["fit"], scale).fit(x, y, batch_size=16, nb_epochs=3)
+    trainable(recorders["fit_generator"], scale).fit_generator(
+        data_generators(x, y, 16)[generator_kind], nb_epochs=3
+    )
+    for name, recorder in recorders.items():
+        assert recorder.count == 3 * x.size, name  # three epochs of every input
+        statistic = recorder.sum_squares / scale**2
+        low, high = stats.chi2.ppf([1e-6, 1 - 1e-6], recorder.count)
+        assert low < statistic < high, (name, (recorder.sum_squares / recorder.count) ** 0.5)
+
+
+@pytest.mark.parametrize("generator_kind", ["pytorch", "numpy"])
+def test_fit_generator_trains_exactly_as_fit(generator_kind) -> None:
+    # One batch of identical rows per epoch: fit's shuffling cannot reorder anything, so the same noise
+    # stream must give the same weights, bit for bit.
+    x = np.full((32, 4), 0.3, dtype=np.float32)
+    y = np.ones(32, dtype=np.int64)
+    by_fit, by_generator = InputRecorder(seed=1), InputRecorder(seed=1)
+    trainable(by_fit).fit(x, y, batch_size=32, nb_epochs=4)
+    trainable(by_generator).fit_generator(data_generators(x, y, 32)[generator_kind], nb_epochs=4)
+    for a, b in zip(by_fit.parameters(), by_generator.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert not by_generator.training  # left in eval mode, as fit leaves it
+
+
+def test_fit_generator_refuses_what_is_not_a_data_generator() -> None:
+    with pytest.raises(ValueError, match="DataGenerator"):
+        trainable(InputRecorder()).fit_generator([(np.zeros((2, 4)), np.zeros(2))], nb_epochs=1)

@@ -9,15 +9,25 @@ Parameters are validated on every assignment, so ART's ``set_params`` cannot smu
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
 
 from .._validation import check_batch, check_int_at_least, check_positive_float, check_probability
-from ..smoothing import ABSTAIN, CertificationResult, Smoother, predict_from_counts
+from ..smoothing import ABSTAIN, CertificationResult, SmoothedSoftClassifier, Smoother, predict_from_counts
 
-__all__ = ["SmoothingEstimatorMixin"]
+__all__ = ["NO_ACTIVATIONS", "SmoothingEstimatorMixin"]
+
+#: Why ``get_activations`` and ``custom_loss_gradient`` refuse.
+NO_ACTIVATIONS = (
+    "the smoothed classifier has no hidden layers. The base model's activations at the clean input "
+    "describe the base model f, not the smoothed classifier g, so an attack built on them (ART's "
+    "FeatureAdversaries, feature-collision poisoning) would attack f while reporting on g. For the base "
+    "model's features use base_module(), or wrap the base model in its own ART PyTorchClassifier"
+)
 
 
 class SmoothingEstimatorMixin:
@@ -222,6 +232,180 @@ class SmoothingEstimatorMixin:
         self, x: np.ndarray | torch.Tensor, n: int, batch_size: int | None = None, **kwargs: Any
     ) -> CertificationResult:  # pragma: no cover - each estimator's own
         raise NotImplementedError
+
+    # -- gradients, losses, activations: the smoothed soft classifier (docs/art-surface.md) ------------
+    # Every method of ART's classifier API that carries a gradient, a loss or an activation answers for
+    # the smoothed soft classifier: log of the mean softmax of the base classifier over ``sample_size``
+    # fresh noise draws around each input (``SmoothedSoftClassifier``), unless a call passes
+    # ``sampling=False`` (the base classifier at the clean input). What has no smoothed counterpart
+    # (hidden-layer activations) refuses. ART's attacks therefore attack g, never f by accident.
+
+    def _gradient_logits(self, what: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The base classifier's logits as a differentiable function of inputs in the core's layout;
+        raises (naming ``what`` was asked) where the base classifier gives none."""
+        raise NotImplementedError  # pragma: no cover - each estimator's own
+
+    def _default_sampling(self) -> bool:
+        return True
+
+    def _base_loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str | None) -> torch.Tensor:
+        """The loss of the base classifier's logits (``sampling=False``); ``None`` keeps its own reduction."""
+        return torch.nn.functional.cross_entropy(logits, labels, reduction=reduction or "mean")
+
+    @contextlib.contextmanager
+    def _gradient_mode(self, training_mode: bool) -> Iterator[None]:
+        yield
+
+    def _sampling(self, kwargs: dict[str, Any]) -> bool:
+        return bool(kwargs.get("sampling", self._default_sampling()))
+
+    def _scores(self, x_t: torch.Tensor, sampling: bool, what: str) -> torch.Tensor:
+        """``(N, nb_classes)`` scores whose gradients the methods below take: the smoothed soft classifier's
+        log-probabilities over fresh draws from the estimator's noise stream (``sampling``), else the base
+        classifier's logits at ``x_t``."""
+        logits = self._gradient_logits(what)
+        if not sampling:
+            return logits(x_t)
+        soft = SmoothedSoftClassifier(
+            logits, self._scale, self._sample_size, generator=self.smoother.generator(self._device)
+        )
+        return soft(x_t)
+
+    def _loss_values(
+        self, x_t: torch.Tensor, y_t: torch.Tensor, sampling: bool, reduction: str | None, what: str
+    ) -> torch.Tensor:
+        scores = self._scores(x_t, sampling, what)
+        if sampling:
+            return torch.nn.functional.nll_loss(scores, y_t, reduction=reduction or "mean")
+        return self._base_loss(scores, y_t, reduction)
+
+    def _like_input(self, value: torch.Tensor, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """``value`` (a gradient, in the core's layout) as the type, device and dtype of ``x``."""
+        if isinstance(x, torch.Tensor):
+            return value.to(x.device, x.dtype)
+        return value.detach().cpu().numpy().astype(np.asarray(x).dtype, copy=False)
+
+    def loss_gradient(
+        self,
+        x: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor,
+        training_mode: bool = False,
+        **kwargs: Any,
+    ) -> np.ndarray | torch.Tensor:
+        """Gradient of the loss with respect to ``x``, of the same type, shape and device as ``x``.
+
+        By default (``sampling=True``) the gradient of the cross-entropy of the smoothed soft classifier:
+        the log of the mean softmax of the base classifier over ``sample_size`` fresh noise draws around
+        each input (Salman et al. 2019). With ``sampling=False``, that of the base classifier's loss at the
+        clean input.
+        """
+        sampling = self._sampling(kwargs)
+        x_t = self._to_tensor(x).requires_grad_(True)
+        y_t = self._labels_tensor(y, len(x_t))
+        with self._gradient_mode(training_mode), torch.enable_grad():
+            loss = self._loss_values(x_t, y_t, sampling, None, "loss_gradient")
+            (gradient,) = torch.autograd.grad(loss, x_t)
+        return self._like_input(gradient, x)
+
+    def class_gradient(
+        self,
+        x: np.ndarray | torch.Tensor,
+        label: int | list[int] | np.ndarray | None = None,
+        training_mode: bool = False,
+        **kwargs: Any,
+    ) -> np.ndarray | torch.Tensor:
+        """Per-class gradients of the smoothed soft classifier's log-probabilities with respect to ``x``
+        (the scores ART's DeepFool, Carlini-Wagner, JSMA, ElasticNet and NewtonFool differentiate), from one
+        set of ``sample_size`` fresh noise draws per input shared by all classes of the call.
+
+        :param label: ``None``: every class, shape ``(N, nb_classes, *input_shape)``; a class index, or one
+            per input (``(N,)``): shape ``(N, 1, *input_shape)``.
+        :param sampling: ``False`` for the base classifier's logits at the clean input instead.
+        :returns: the gradients, NumPy for NumPy ``x`` and torch for torch ``x``.
+        """
+        sampling = self._sampling(kwargs)
+        x_t = self._to_tensor(x).requires_grad_(True)
+        classes = self._class_indices(label, len(x_t))
+        with self._gradient_mode(training_mode), torch.enable_grad():
+            scores = self._scores(x_t, sampling, "class_gradient")
+            if classes is None:
+                gradients = [
+                    torch.autograd.grad(scores[:, k].sum(), x_t, retain_graph=k + 1 < self.nb_classes)[0]
+                    for k in range(self.nb_classes)
+                ]
+            else:
+                chosen = scores.gather(1, torch.as_tensor(classes, device=scores.device).unsqueeze(1))
+                gradients = [torch.autograd.grad(chosen.sum(), x_t)[0]]
+        return self._like_input(torch.stack(gradients, dim=1), x)
+
+    def _class_indices(self, label: Any, count: int) -> np.ndarray | None:
+        if label is None:
+            return None
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            if not 0 <= int(label) < self.nb_classes:
+                raise ValueError(f"label must be a class index in [0, {self.nb_classes}), got {label}")
+            return np.full(count, int(label), dtype=np.int64)
+        array = np.asarray(label)
+        if (
+            array.shape != (count,)
+            or not np.issubdtype(array.dtype, np.integer)
+            or (count and (array.min() < 0 or array.max() >= self.nb_classes))
+        ):
+            raise ValueError(
+                f"label must be None, a class index or {count} class indices in [0, {self.nb_classes}) "
+                f"(one per input); got {label!r}"
+            )
+        return array.astype(np.int64)
+
+    def compute_loss(
+        self,
+        x: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor,
+        reduction: str = "none",
+        **kwargs: Any,
+    ) -> np.ndarray | torch.Tensor:
+        """The cross-entropy of the smoothed soft classifier (``-log`` of the mean softmax of the true
+        class over ``sample_size`` fresh noise draws), per input by default: what ART's AutoPGD and
+        AutoConjugateGradient compare between steps. ``sampling=False``: the base classifier's loss at
+        the clean input.
+
+        :param reduction: ``"none"`` (one value per input), ``"mean"`` or ``"sum"``.
+        :returns: NumPy for NumPy ``x``, torch for torch ``x``.
+        """
+        if reduction not in ("none", "mean", "sum"):
+            raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
+        sampling = self._sampling(kwargs)
+        x_t = self._to_tensor(x)
+        y_t = self._labels_tensor(y, len(x_t))
+        with self._gradient_mode(False), torch.no_grad():
+            loss = self._loss_values(x_t, y_t, sampling, reduction, "compute_loss")
+        if isinstance(x, torch.Tensor):
+            return loss.to(x.device)
+        return loss.cpu().numpy()
+
+    def compute_losses(
+        self,
+        x: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor,
+        reduction: str = "none",
+        **kwargs: Any,
+    ) -> dict[str, np.ndarray | torch.Tensor]:
+        """``{"total": compute_loss(x, y, reduction)}``: the smoothed soft classifier's loss is its only
+        component."""
+        return {"total": self.compute_loss(x, y, reduction=reduction, **kwargs)}
+
+    def get_activations(
+        self, x: Any, layer: Any = None, batch_size: int = 128, framework: bool = False
+    ) -> Any:
+        """Refused: the smoothed classifier has no hidden layers (see :data:`NO_ACTIVATIONS`)."""
+        raise NotImplementedError(f"get_activations: {NO_ACTIVATIONS}")
+
+    def custom_loss_gradient(
+        self, loss_fn: Any, x: Any, y: Any, layer_name: Any, training_mode: bool = False
+    ) -> Any:
+        """Refused: a loss on hidden-layer activations has no smoothed counterpart (see
+        :data:`NO_ACTIVATIONS`)."""
+        raise NotImplementedError(f"custom_loss_gradient: {NO_ACTIVATIONS}")
 
     # -- adaptive certification (art_smoothing_plugin.adaptive; docs/adaptive-certification.md) --------
     def certify_adaptive(

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from art.estimators.classification.classifier import ClassifierMixin
+from art.estimators.classification.classifier import ClassGradientsMixin, ClassifierMixin
 from art.estimators.estimator import BaseEstimator, LossGradientsMixin
 
 from .._validation import (
@@ -91,7 +91,7 @@ class DenoisedClassifierModule(torch.nn.Module):
 
 
 class DenoisedSmoothingClassifier(
-    SmoothingEstimatorMixin, ClassifierMixin, LossGradientsMixin, BaseEstimator
+    SmoothingEstimatorMixin, ClassGradientsMixin, ClassifierMixin, LossGradientsMixin, BaseEstimator
 ):
     """Randomized smoothing of ``classifier o denoiser`` (denoised smoothing), as an ART estimator.
 
@@ -426,10 +426,10 @@ class DenoisedSmoothingClassifier(
     def _require_gradients(self, what: str) -> DenoisedClassifierModule:
         if self._composite is None:
             raise NotDifferentiableError(
-                f"{what} needs a differentiable classifier o denoiser, but {self._no_gradient_reason}. "
-                "Pass the "
-                "classifier as a torch.nn.Module (or an ART PyTorchClassifier) for gradients; certify and "
-                "predict work as they are"
+                f"{what} needs the classifier's logits in torch (a differentiable classifier o denoiser, "
+                f"the smoothed soft classifier averages their softmax), but {self._no_gradient_reason}. "
+                "Pass the classifier as a torch.nn.Module (or an ART PyTorchClassifier) for gradients and "
+                "losses; certify and predict work as they are"
             )
         return self._composite
 
@@ -453,36 +453,10 @@ class DenoisedSmoothingClassifier(
         )
         return module.eval()  # torchattacks reads .training; the base model is in eval mode already
 
-    def loss_gradient(
-        self,
-        x: np.ndarray | torch.Tensor,
-        y: np.ndarray | torch.Tensor,
-        training_mode: bool = False,
-        **kwargs: Any,
-    ) -> np.ndarray | torch.Tensor:
-        """Gradient of the loss with respect to ``x``, of the same type, shape and device as ``x``.
-
-        By default (``sampling=True``) the gradient of the cross-entropy of the smoothed soft classifier
-        of ``classifier o denoiser`` over ``sample_size`` fresh noise draws; with ``sampling=False`` that of
-        ``classifier(denoiser(x))`` at the clean input. Raises :class:`NotDifferentiableError`, naming the
-        reason, when the classifier is query-only. The modules stay frozen (eval mode) either way.
-        """
-        composite = self._require_gradients("loss_gradient")
+    def _gradient_logits(self, what: str) -> DenoisedClassifierModule:
+        composite = self._require_gradients(what)
         self._check_sigma()
-        x_t = self._to_tensor(x).requires_grad_(True)
-        y_t = self._labels_tensor(y, len(x_t))
-        with torch.enable_grad():
-            if kwargs.get("sampling", True):
-                soft = SmoothedSoftClassifier(
-                    composite, self._scale, self._sample_size, generator=self.smoother.generator(self._device)
-                )
-                loss = torch.nn.functional.nll_loss(soft(x_t), y_t)
-            else:
-                loss = torch.nn.functional.cross_entropy(composite(x_t), y_t)
-            (gradient,) = torch.autograd.grad(loss, x_t)
-        if isinstance(x, torch.Tensor):
-            return gradient.to(x.device, x.dtype)
-        return gradient.cpu().numpy().astype(np.asarray(x).dtype, copy=False)
+        return composite
 
     def __repr__(self) -> str:
         return (

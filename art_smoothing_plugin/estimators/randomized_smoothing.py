@@ -10,7 +10,9 @@ inside the base classifier, in fit, predict, certify and gradients alike.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -345,40 +347,52 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         loss.backward()
         self._optimizer.step()
 
-    def loss_gradient(
-        self,
-        x: np.ndarray | torch.Tensor,
-        y: np.ndarray | torch.Tensor,
-        training_mode: bool = False,
-        **kwargs: Any,
-    ) -> np.ndarray | torch.Tensor:
-        """Gradient of the loss with respect to ``x``, of the same type, shape and device as ``x``.
+    # -- gradients (the shared methods in SmoothingEstimatorMixin act on the smoothed soft classifier) ---
+    def _gradient_logits(self, what: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self._base_logits
 
-        By default (``sampling=True``, or ``smoothed_gradients`` at construction) it is the gradient of
-        the cross-entropy of the smoothed soft classifier: the mean softmax of the base model over
-        ``sample_size`` fresh noise draws around each input. With ``sampling=False`` it is the base
-        model's loss gradient at the clean input.
-        """
-        sampling = bool(kwargs.get("sampling", self.smoothed_gradients))
-        x_t = self._to_tensor(x).requires_grad_(True)
-        y_t = self._labels_tensor(y, len(x_t))
+    def _default_sampling(self) -> bool:
+        return self.smoothed_gradients
+
+    def _base_loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str | None) -> torch.Tensor:
+        """The constructor's ``loss`` on the base model's logits, with ``reduction`` set for this call."""
+        if reduction is None:
+            return self._loss(logits, labels)
+        previous = getattr(self._loss, "reduction", None)
+        if previous is None:
+            raise ValueError(
+                f"compute_loss(sampling=False, reduction={reduction!r}) needs a loss with a reduction "
+                f"attribute (a torch loss module); got {type(self._loss).__name__}"
+            )
+        self._loss.reduction = reduction
+        try:
+            return self._loss(logits, labels)
+        finally:
+            self._loss.reduction = previous
+
+    @contextlib.contextmanager
+    def _gradient_mode(self, training_mode: bool) -> Iterator[None]:
         self.model.train(mode=training_mode)
-        with torch.enable_grad():
-            if sampling:
-                soft = SmoothedSoftClassifier(
-                    self._base_logits,
-                    self._scale,
-                    self._sample_size,
-                    generator=self.smoother.generator(self._device),
-                )
-                loss = torch.nn.functional.nll_loss(soft(x_t), y_t)
-            else:
-                loss = self._loss(self._base_logits(x_t), y_t)
-            (gradient,) = torch.autograd.grad(loss, x_t)
+        try:
+            yield
+        finally:
+            self.model.eval()
+
+    def _predict_framework(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ART's differentiable forward pass (adversarial patches and other PyTorch-only attacks use it):
+        the smoothed soft classifier's log-probabilities of the tensor ``x``, with gradients flowing to
+        ``x``; ``sampling=False`` is not offered here (use ``base_module()``)."""
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(
+                f"x must be a torch.Tensor of shape (N, {', '.join(map(str, self.input_shape))}), got "
+                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+            )
         self.model.eval()
-        if isinstance(x, torch.Tensor):
-            return gradient.to(x.device, x.dtype)
-        return gradient.cpu().numpy().astype(np.asarray(x).dtype, copy=False)
+        return self._scores(
+            x.to(self._device, torch.float32), self._default_sampling(), "_predict_framework"
+        ), y
 
     def __repr__(self) -> str:
         return (

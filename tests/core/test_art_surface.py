@@ -469,3 +469,26 @@ def test_query_only_chains_refuse_every_gradient_and_loss_with_the_reason() -> N
         with pytest.raises(NotDifferentiableError, match="query-only callable"):
             call()
     assert estimator.query_count == 0  # refused before any query
+
+
+# -- ART's randomized-smoothing type -------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_registered_as_arts_randomized_smoothing_type_without_its_code(kind) -> None:
+    from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
+    from art.estimators.certification.randomized_smoothing.randomized_smoothing import (
+        RandomizedSmoothingMixin,
+    )
+
+    estimator = make(kind, Boundary())
+    assert isinstance(estimator, RandomizedSmoothingMixin)
+    # A virtual subclass: none of the mixin's methods (its zero-row predict, its statsmodels certify,
+    # its NumPy noise) is in the method resolution order.
+    assert RandomizedSmoothingMixin not in type(estimator).__mro__
+    assert not hasattr(estimator, "_prediction_counts") and not hasattr(estimator, "_noisy_samples")
+    # Not ART's PyTorch class: code testing for that one expects its behaviour, which ours does not copy.
+    assert not isinstance(estimator, PyTorchRandomizedSmoothing)
+    # The mixin's public contract, as code written for it uses it.
+    assert (estimator.sample_size, estimator.scale, estimator.alpha) == (SAMPLES, SIGMA, ALPHA)
+    labels, radii = estimator.certify(boundary_points(2), 200, 100)
+    assert labels.shape == radii.shape == (4,) and labels[0] == 0 and labels[1] == 1
+    assert estimator.predict(boundary_points(2), 16).shape == (4, 2)

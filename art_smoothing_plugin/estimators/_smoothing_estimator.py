@@ -146,11 +146,38 @@ class SmoothingEstimatorMixin:
         return self._smoother
 
     # -- input handling --------------------------------------------------------------------------------
+    # The core always works channels-first. With ``channels_first=False`` inputs arrive channels-last
+    # (the channel axis last, ``input_shape`` ``(H, W, C)``): they are moved to channels-first at the
+    # boundary, noise is drawn there, and moved back before anything of the user's (model,
+    # preprocessing, classifier) sees them. Noise drawn in one fixed layout makes results identical,
+    # seed for seed, to a channels-first run on the same data (docs/art-surface.md).
+    @property
+    def _moves_channels(self) -> bool:
+        return not self.channels_first and len(self.input_shape) >= 2  # type: ignore[attr-defined]
+
+    def _to_core_layout(self, t: torch.Tensor) -> torch.Tensor:
+        """A batch in the user's layout, channels-first (a differentiable view, made contiguous)."""
+        return t.movedim(-1, 1).contiguous() if self._moves_channels else t
+
+    def _to_user_layout(self, t: torch.Tensor) -> torch.Tensor:
+        """A channels-first batch back in the user's layout (channels-last if ``channels_first=False``)."""
+        return t.movedim(1, -1).contiguous() if self._moves_channels else t
+
+    def _core_layout_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` (taking the core's channels-first batches) as a module taking the user's layout."""
+        return _Relayout(module, to_channels_first=True) if self._moves_channels else module
+
+    def _user_layout_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` (taking the user's layout) as a module taking the core's channels-first batches."""
+        return _Relayout(module, to_channels_first=False) if self._moves_channels else module
+
     def _to_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
+        """``x`` checked against ``input_shape`` and ``clip_values``, as a float32 tensor on the device,
+        in the core's (channels-first) layout."""
         check_batch(x, self.input_shape, self.clip_values, name=name)  # type: ignore[attr-defined]
         if isinstance(x, torch.Tensor):
-            return x.detach().to(self._device, torch.float32)
-        return torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self._device)
+            return self._to_core_layout(x.detach().to(self._device, torch.float32))
+        return self._to_core_layout(torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self._device))
 
     def _labels_tensor(self, y: np.ndarray | torch.Tensor, count: int) -> torch.Tensor:
         y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
@@ -280,7 +307,7 @@ class SmoothingEstimatorMixin:
         return self._base_loss(scores, y_t, reduction)
 
     def _like_input(self, value: torch.Tensor, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """``value`` (a gradient, in the core's layout) as the type, device and dtype of ``x``."""
+        """``value`` (gradients, already in the user's layout) as the type, device and dtype of ``x``."""
         if isinstance(x, torch.Tensor):
             return value.to(x.device, x.dtype)
         return value.detach().cpu().numpy().astype(np.asarray(x).dtype, copy=False)
@@ -305,7 +332,7 @@ class SmoothingEstimatorMixin:
         with self._gradient_mode(training_mode), torch.enable_grad():
             loss = self._loss_values(x_t, y_t, sampling, None, "loss_gradient")
             (gradient,) = torch.autograd.grad(loss, x_t)
-        return self._like_input(gradient, x)
+        return self._like_input(self._to_user_layout(gradient), x)
 
     def class_gradient(
         self,
@@ -336,7 +363,7 @@ class SmoothingEstimatorMixin:
             else:
                 chosen = scores.gather(1, torch.as_tensor(classes, device=scores.device).unsqueeze(1))
                 gradients = [torch.autograd.grad(chosen.sum(), x_t)[0]]
-        return self._like_input(torch.stack(gradients, dim=1), x)
+        return self._like_input(torch.stack([self._to_user_layout(g) for g in gradients], dim=1), x)
 
     def _class_indices(self, label: Any, count: int) -> np.ndarray | None:
         if label is None:
@@ -471,3 +498,17 @@ class SmoothingEstimatorMixin:
             generator=generator,
             progress=self.verbose,
         )
+
+
+class _Relayout(torch.nn.Module):
+    """Runs ``inner`` on its input with the channel axis moved: to position 1 (channels-first) when
+    ``to_channels_first``, else to the end."""
+
+    def __init__(self, inner: torch.nn.Module, to_channels_first: bool) -> None:
+        super().__init__()
+        self.inner = inner
+        self.to_channels_first = to_channels_first
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        moved = z.movedim(-1, 1) if self.to_channels_first else z.movedim(1, -1)
+        return self.inner(moved.contiguous())

@@ -65,19 +65,25 @@ def _denoise(denoiser: torch.nn.Module | None, z: torch.Tensor) -> torch.Tensor:
 
 
 class DenoisedClassifierModule(torch.nn.Module):
-    """``classifier(denoiser(z))`` as a frozen module returning logits.
+    """``classifier(denoiser(z))`` as a frozen module returning logits, on channels-first inputs ``z``.
 
     Frozen: it stays in eval mode whatever ``train()`` is asked (an attack library switching modes must
-    not update the denoiser's batch-norm statistics), and the estimator never trains it.
+    not update the denoiser's batch-norm statistics), and the estimator never trains it. With
+    ``classifier_channels_last`` the denoised batch is moved to channels-last before the classifier.
     """
 
     def __init__(
-        self, classifier: torch.nn.Module, denoiser: torch.nn.Module | None, nb_classes: int
+        self,
+        classifier: torch.nn.Module,
+        denoiser: torch.nn.Module | None,
+        nb_classes: int,
+        classifier_channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.classifier = classifier
         self.denoiser = denoiser
         self.nb_classes = nb_classes
+        self.classifier_channels_last = classifier_channels_last
         self.train(False)
 
     def train(self, mode: bool = True) -> DenoisedClassifierModule:
@@ -87,7 +93,10 @@ class DenoisedClassifierModule(torch.nn.Module):
         return self
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        logits = self.classifier(_denoise(self.denoiser, z))
+        denoised = _denoise(self.denoiser, z)
+        if self.classifier_channels_last:
+            denoised = denoised.movedim(1, -1).contiguous()
+        logits = self.classifier(denoised)
         return check_logits(logits, z.shape[0], self.nb_classes, who="classifier")
 
 
@@ -119,8 +128,11 @@ class DenoisedSmoothingClassifier(
         for plain randomized smoothing of ``classifier``. If it has a float attribute ``sigma`` (the noise
         level it was trained for) that differs from ``scale``, the constructor and every certification
         refuse unless ``allow_sigma_mismatch``.
-    :param input_shape: shape of one input, e.g. ``(1, 28, 28)``.
+    :param input_shape: shape of one input, e.g. ``(1, 28, 28)``, or ``(28, 28, 1)`` channels-last.
     :param nb_classes: number of classes.
+    :param channels_first: ``False`` for channels-last inputs: the denoiser (a torch convolutional
+        network) receives them channels-first, the classifier channels-last as given; noise is drawn
+        channels-first, so results equal, seed for seed, those of the same data channels-first.
     :param scale: sigma, the standard deviation of the Gaussian noise, in the units of ``x``.
     :param clip_values: range of valid inputs; inputs outside it are refused.
     :param alpha: default error probability of ``certify`` and ``predict_labels``.
@@ -160,6 +172,7 @@ class DenoisedSmoothingClassifier(
         input_shape: tuple[int, ...],
         nb_classes: int,
         scale: float,
+        channels_first: bool = True,
         clip_values: Any = (0.0, 1.0),
         alpha: float = 0.001,
         sample_size: int = 32,
@@ -182,6 +195,8 @@ class DenoisedSmoothingClassifier(
                 f"(or None), got {type(denoiser).__name__}"
             )
         self._smoother: Smoother | None = None
+        self._channels_first = bool(channels_first)
+        self._input_shape = input_shape
         self._device = torch.device("cuda" if device_type == "gpu" and torch.cuda.is_available() else "cpu")
         self._device_type = device_type
         self.denoiser = denoiser.to(self._device).eval() if denoiser is not None else None
@@ -190,7 +205,7 @@ class DenoisedSmoothingClassifier(
             classifier, nb_classes, input_shape
         )
         composite = (
-            DenoisedClassifierModule(self._logits_module, self.denoiser, nb_classes)
+            DenoisedClassifierModule(self._logits_module, self.denoiser, nb_classes, self._moves_channels)
             if self._logits_module is not None
             else None
         )
@@ -203,7 +218,6 @@ class DenoisedSmoothingClassifier(
             preprocessing=None,
         )
         self.nb_classes = nb_classes
-        self._input_shape = input_shape
         self._init_smoothing(
             sample_size=sample_size, scale=scale, alpha=alpha, n0=n0, batch_size=batch_size, seed=seed
         )
@@ -267,9 +281,9 @@ class DenoisedSmoothingClassifier(
         """Run the local (torch) part of the chain on two zero inputs, so that a denoiser of the wrong
         shape or a torch classifier that cannot take the denoised inputs is refused here, before any
         sampling. A query-only classifier is not probed: that would spend queries."""
-        z = torch.zeros((2, *self._input_shape), device=self._device)
+        z = self._to_core_layout(torch.zeros((2, *self._input_shape), device=self._device))
         with torch.no_grad():
-            denoised = _denoise(self.denoiser, z)
+            denoised = self._to_user_layout(_denoise(self.denoiser, z))
             if self._logits_module is None:
                 return
             try:
@@ -287,7 +301,8 @@ class DenoisedSmoothingClassifier(
         self._queries._charge(len(z))
         if self._composite is not None:
             return self._composite(z).argmax(dim=1)
-        labels = self._query_fn(_denoise(self.denoiser, z).detach().cpu().numpy())
+        denoised = self._to_user_layout(_denoise(self.denoiser, z))
+        labels = self._query_fn(denoised.detach().cpu().numpy())
         return torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(z.device)
 
     # -- sigma ---------------------------------------------------------------------------------------
@@ -312,6 +327,11 @@ class DenoisedSmoothingClassifier(
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self._input_shape
+
+    @property
+    def channels_first(self) -> bool:
+        """Whether inputs have their channel axis first (``input_shape`` ``(C, H, W)``)."""
+        return self._channels_first
 
     @property
     def classifier_kind(self) -> str:
@@ -434,15 +454,17 @@ class DenoisedSmoothingClassifier(
             )
         return self._composite
 
-    def base_module(self) -> DenoisedClassifierModule:
-        """``classifier(denoiser(z))`` as a frozen module on raw-unit inputs, returning logits."""
-        return self._require_gradients("base_module")
+    def base_module(self) -> torch.nn.Module:
+        """``classifier(denoiser(z))`` as a frozen module on raw-unit inputs (in the layout of ``x``),
+        returning logits."""
+        return self._core_layout_module(self._require_gradients("base_module"))
 
     def smoothed_module(
         self, num_samples: int | None = None, noise_seed: int | None = None
-    ) -> SmoothedSoftClassifier:
+    ) -> torch.nn.Module:
         """The smoothed soft classifier of ``classifier o denoiser`` as an ``nn.Module`` returning
-        log-probabilities (valid logits), for torchattacks. ``noise_seed`` fixes the noise draws."""
+        log-probabilities (valid logits), for torchattacks (inputs in the layout of ``x``). ``noise_seed``
+        fixes the noise draws."""
         composite = self._require_gradients("smoothed_module")
         self._check_sigma()
         module = SmoothedSoftClassifier(
@@ -452,7 +474,8 @@ class DenoisedSmoothingClassifier(
             noise_seed=noise_seed,
             generator=self.smoother.generator(self._device),
         )
-        return module.eval()  # torchattacks reads .training; the base model is in eval mode already
+        # torchattacks reads .training; the base model is in eval mode already
+        return self._core_layout_module(module).eval()
 
     def _gradient_logits(self, what: str) -> DenoisedClassifierModule:
         composite = self._require_gradients(what)

@@ -79,13 +79,17 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
     :param loss: loss for training and base-model gradients; default ``CrossEntropyLoss``.
     :param input_shape: shape of one input, e.g. ``(1, 28, 28)``.
     :param nb_classes: number of classes.
+    :param channels_first: ``False`` for channels-last inputs (``input_shape`` ``(H, W, C)``): the model
+        receives them channels-last as given; noise is drawn channels-first, so results equal, seed for
+        seed, those of the same data channels-first.
     :param sample_size: noise draws per input in ``predict`` and ``loss_gradient``.
     :param scale: sigma, the standard deviation of the Gaussian noise, in the units of ``x``.
     :param alpha: default error probability of ``certify`` and ``predict_labels``.
     :param n0: default number of selection samples of ``certify`` (independent of ``n``).
     :param seed: seeds this estimator's private noise generator; ``None`` for fresh entropy.
-    :param smoothed_gradients: ``loss_gradient`` of the smoothed soft classifier (``True``) or of the
-        base model (``False``); a call can override with ``sampling=``.
+    :param smoothed_gradients: gradients and losses (``loss_gradient``, ``class_gradient``,
+        ``compute_loss``) of the smoothed soft classifier (``True``) or of the base model (``False``); a
+        call can override with ``sampling=``.
     :param batch_size: default number of noisy samples per forward pass in ``certify``.
     :param verbose: show tqdm progress bars while sampling.
     """
@@ -177,8 +181,10 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         out, _ = self._apply_preprocessing(z.detach().cpu().numpy(), None, fit=fit)
         return torch.as_tensor(out, device=z.device, dtype=z.dtype)
 
-    def _base_logits(self, z: torch.Tensor) -> torch.Tensor:
-        logits = self.model(self._preprocess_tensor(z))
+    def _base_logits(self, z: torch.Tensor, fit: bool = False) -> torch.Tensor:
+        """The base model's logits of a batch in the core's (channels-first) layout: moved back to the
+        user's layout, preprocessed (``fit`` selects the training preprocessing), through the model."""
+        logits = self.model(self._preprocess_tensor(self._to_user_layout(z), fit=fit))
         return check_logits(logits, z.shape[0], self.nb_classes)
 
     def _base_labels(self, z: torch.Tensor) -> torch.Tensor:
@@ -190,18 +196,19 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
 
     def smoothed_module(
         self, num_samples: int | None = None, noise_seed: int | None = None
-    ) -> SmoothedSoftClassifier:
+    ) -> torch.nn.Module:
         """The smoothed soft classifier as an ``nn.Module`` returning log-probabilities (valid logits), for
         torchattacks and other torch code. ``noise_seed`` fixes the noise draws across calls (SmoothAdv)."""
         self.model.eval()
         module = SmoothedSoftClassifier(
-            _PreprocessedModel(self),
+            self._user_layout_module(_PreprocessedModel(self)),
             self._scale,
             self._sample_size if num_samples is None else num_samples,
             noise_seed=noise_seed,
             generator=self.smoother.generator(self._device),
         )
-        return module.eval()  # torchattacks reads .training; the base model is in eval mode already
+        # torchattacks reads .training; the base model is in eval mode already
+        return self._core_layout_module(module).eval()
 
     def _prepare_call(self, x: np.ndarray | torch.Tensor, samples_per_input: int) -> torch.Tensor:
         x_t = self._to_tensor(x)
@@ -342,8 +349,7 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         noisy = clean + self._scale * torch.randn(
             clean.shape, generator=noise, device=self._device, dtype=clean.dtype
         )
-        outputs = self.model(self._preprocess_tensor(noisy, fit=True))
-        loss = self._loss(check_logits(outputs, len(clean), self.nb_classes), labels)
+        loss = self._loss(self._base_logits(noisy, fit=True), labels)
         self._optimizer.zero_grad()
         loss.backward()
         self._optimizer.step()
@@ -391,9 +397,8 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
             )
         self.model.eval()
-        return self._scores(
-            x.to(self._device, torch.float32), self._default_sampling(), "_predict_framework"
-        ), y
+        x_core = self._to_core_layout(x.to(self._device, torch.float32))
+        return self._scores(x_core, self._default_sampling(), "_predict_framework"), y
 
     def __repr__(self) -> str:
         return (

@@ -471,7 +471,7 @@ def test_query_only_chains_refuse_every_gradient_and_loss_with_the_reason() -> N
     assert estimator.query_count == 0  # refused before any query
 
 
-# -- ART's randomized-smoothing type -------------------------------------------------------------------------
+# -- ART's randomized-smoothing type ------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", KINDS)
 def test_registered_as_arts_randomized_smoothing_type_without_its_code(kind) -> None:
     from art.estimators.certification.randomized_smoothing import PyTorchRandomizedSmoothing
@@ -492,3 +492,103 @@ def test_registered_as_arts_randomized_smoothing_type_without_its_code(kind) -> 
     labels, radii = estimator.certify(boundary_points(2), 200, 100)
     assert labels.shape == radii.shape == (4,) and labels[0] == 0 and labels[1] == 1
     assert estimator.predict(boundary_points(2), 16).shape == (4, 2)
+
+
+# -- channels-last inputs ------------------------------------------------------------------------------------
+def tiny_conv(seed: int = 0) -> torch.nn.Module:
+    """A channels-first (3, 4, 4) -> 3 classes convolutional network."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+        )
+
+
+class ChannelsLast(torch.nn.Module):
+    """The same network taking channels-last batches (it fails on channels-first ones: 4 != 3 channels)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(z.shape[1:]))
+        return self.inner(z.permute(0, 3, 1, 2))
+
+
+def layout_pair(kind: str):
+    """The same smoothed classifier channels-first and channels-last, and the channels-last network."""
+    model = tiny_conv()
+    recorder = ChannelsLast(model)
+    options = {"nb_classes": 3, "scale": 0.25, "sample_size": 32}
+    if kind == "denoised":
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            denoiser = torch.nn.Conv2d(3, 3, 1)  # a channels-first denoiser, shared by both
+        first = DenoisedSmoothingClassifier(model, denoiser, input_shape=(3, 4, 4), seed=0, **options)
+        last = DenoisedSmoothingClassifier(
+            recorder, denoiser, input_shape=(4, 4, 3), channels_first=False, seed=0, **options
+        )
+        return first, last, recorder
+    first = make(kind, model, input_shape=(3, 4, 4), **options)
+    last = make(kind, recorder, input_shape=(4, 4, 3), channels_first=False, **options)
+    return first, last, recorder
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_channels_last_inputs_give_the_channels_first_results(kind) -> None:
+    first, last, recorder = layout_pair(kind)
+    x_first = np.random.default_rng(0).random((6, 3, 4, 4), dtype=np.float32)
+    x_last = np.ascontiguousarray(x_first.transpose(0, 2, 3, 1))
+    assert last.channels_first is False
+    for a, b in zip(first.certify(x_first, 300, seed=1), last.certify(x_last, 300, seed=1), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(first.predict(x_first, seed=2), last.predict(x_last, seed=2))
+    np.testing.assert_array_equal(first.predict_labels(x_first, seed=3), last.predict_labels(x_last, seed=3))
+    adaptive = [
+        e.certify_adaptive(x, radius=0.1, max_samples=400, seed=4)
+        for e, x in ((first, x_first), (last, x_last))
+    ]
+    np.testing.assert_array_equal(adaptive[0].radii, adaptive[1].radii)
+    assert set(recorder.shapes) == {(4, 4, 3)}  # the network always saw channels-last batches
+    # Gradients come back in each call's own layout, from the same draws.
+    y = np.array([0, 1, 2, 0, 1, 2])
+    for estimator in (first, last):
+        estimator.seed = 5
+    gradient_first, gradient_last = first.loss_gradient(x_first, y), last.loss_gradient(x_last, y)
+    np.testing.assert_allclose(gradient_last, gradient_first.transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-7)
+    class_first, class_last = first.class_gradient(x_first), last.class_gradient(x_last)
+    assert class_last.shape == (6, 3, 4, 4, 3)
+    np.testing.assert_allclose(class_last, class_first.transpose(0, 1, 3, 4, 2), rtol=1e-5, atol=1e-7)
+    modules = [e.smoothed_module(noise_seed=6) for e in (first, last)]
+    torch.testing.assert_close(modules[0](torch.from_numpy(x_first)), modules[1](torch.from_numpy(x_last)))
+    torch.testing.assert_close(
+        first.base_module()(torch.from_numpy(x_first)), last.base_module()(torch.from_numpy(x_last))
+    )
+
+
+def test_channels_last_training_gives_the_channels_first_weights() -> None:
+    x_first = np.random.default_rng(1).random((40, 3, 4, 4), dtype=np.float32)
+    y = np.arange(40) % 3
+    weights = []
+    for channels_first in (True, False):
+        model = tiny_conv(seed=2)
+        estimator = RandomizedSmoothingClassifier(
+            model if channels_first else ChannelsLast(model),
+            torch.nn.CrossEntropyLoss(),
+            (3, 4, 4) if channels_first else (4, 4, 3),
+            3,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            channels_first=channels_first,
+            clip_values=(0.0, 1.0),
+            device_type="cpu",
+            scale=0.25,
+            seed=7,
+        )
+        estimator.fit(
+            x_first if channels_first else x_first.transpose(0, 2, 3, 1), y, batch_size=8, nb_epochs=2
+        )
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*weights, strict=True):
+        torch.testing.assert_close(a, b)

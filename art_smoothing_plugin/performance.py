@@ -86,7 +86,9 @@ def autotune_batch_size(
 ) -> int:
     """A number of noisy samples per forward pass suited to this machine and base classifier.
 
-    :param labels: the labels function that certification will call (wrapped as it will be used).
+    :param labels: the labels function that certification will call (wrapped as it will be used). The
+        probe calls it many times: pass a local computation, never a counted, budgeted or paid one
+        (the estimators pass an uncounted copy of a torch chain and do not probe query-only ones).
     :param example: a batch of inputs ``(N, *input_shape)`` on the device to certify on (the first is used).
     :param max_batch, min_batch: the range searched (the result lies within it).
     :param memory_fraction: on CUDA, the share of the currently free memory one batch may take.

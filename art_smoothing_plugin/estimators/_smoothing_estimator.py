@@ -77,6 +77,16 @@ class SmoothingEstimatorMixin:
         """The torch modules that channels-last certification converts."""
         return []
 
+    def _local_labels(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The base classifier's labels computed locally in torch, outside any query count (for the
+        batch-size probe of ``certify_adaptive(batch_size="auto")``), or ``None`` where the base
+        classifier can only be queried."""
+        return self._base_labels
+
+    def _queried_batch_size(self) -> int:
+        """The batch size ``"auto"`` means for a base classifier that can only be queried."""
+        return self._batch_size
+
     # -- parameters ------------------------------------------------------------------------------------
     @property
     def sample_size(self) -> int:
@@ -460,8 +470,12 @@ class SmoothingEstimatorMixin:
             ``"budget"``: the largest radius within ``max_samples``, stopping when more samples cannot
             plausibly raise it by more than ``tolerance``.
         :param max_samples: forward passes per input at most, the ``n0`` selection samples included.
-        :param batch_size: noisy samples per forward pass; ``"auto"`` picks one for this machine
-            (free GPU memory, or a short CPU throughput probe); default the estimator's ``batch_size``.
+        :param batch_size: noisy samples per forward pass; default the estimator's ``batch_size``.
+            ``"auto"`` picks one for this machine (free GPU memory, or a short CPU throughput probe) when
+            the base classifier runs locally in torch, through an uncounted copy of it; for a classifier
+            that is only queried (callable, HTTP, non-torch ART classifier) it is the classifier's own
+            batch size, and nothing is queried outside the certification's counted, budget-checked
+            samples.
         :param precision: ``"bf16"``/``"fp16"`` run the base model under autocast (noise stays fp32).
         :param channels_last: convert the torch modules and the noisy batches to channels-last format.
         :returns: a :class:`CertificationResult` with ``samples_used`` per input; see
@@ -477,7 +491,14 @@ class SmoothingEstimatorMixin:
                 module.to(memory_format=torch.channels_last)
         labels = accelerated_labels(self._base_labels, precision=precision, channels_last=channels_last)
         if batch_size == "auto":
-            batch_size = autotune_batch_size(labels, x_t[:1], sigma=self._scale) if len(x_t) else None
+            local = self._local_labels()
+            if local is None:  # only queried: probing would spend queries outside the certification
+                batch_size = self._queried_batch_size()
+            elif len(x_t):
+                probe = accelerated_labels(local, precision=precision, channels_last=channels_last)
+                batch_size = autotune_batch_size(probe, x_t[:1], sigma=self._scale)
+            else:
+                batch_size = None
         elif batch_size is not None:
             batch_size = check_int_at_least("batch_size", batch_size, 1)
         generator = self._smoother_for(seed).generator(self._device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -345,7 +346,10 @@ class DenoisedSmoothingClassifier(
 
     @property
     def query_count(self) -> int:
-        """Noisy inputs sent to the classifier through this estimator so far (one query each)."""
+        """Noisy inputs whose labels this estimator has asked of the classifier so far (one query each:
+        ``predict``, ``predict_labels``, ``certify``, ``certify_adaptive``). Gradients and losses of a
+        local torch chain, its construction check and the ``"auto"`` batch probe run the torch modules
+        directly and are not queries; a classifier that can only be queried gets no such calls."""
         return self._queries.query_count
 
     @property
@@ -369,6 +373,18 @@ class DenoisedSmoothingClassifier(
 
     def _accelerated_modules(self) -> list[torch.nn.Module]:
         return [m for m in (self.denoiser, self._logits_module) if m is not None]
+
+    def _local_labels(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        # The torch chain itself, not _base_labels: a probe must not spend the query count or budget.
+        if self._composite is None:
+            return None
+        composite = self._composite
+        return lambda z: composite(z).argmax(dim=1)
+
+    def _queried_batch_size(self) -> int:
+        # The classifier's own batch size (an HTTP request's, a callable's chunk), else the estimator's.
+        own = getattr(self._query_fn, "batch_size", None)
+        return int(own) if own else self._batch_size
 
     def _prepare_call(self, x: np.ndarray | torch.Tensor, samples_per_input: int) -> torch.Tensor:
         self._check_sigma()

@@ -78,6 +78,57 @@ def test_a_budget_that_cannot_cover_the_worst_case_is_refused_before_any_query(l
     assert classifier.query_count == 0 and estimator.query_count == 0
 
 
+def test_auto_batch_size_spends_no_query_outside_the_certification(linear_oracle):
+    # A fast query-only classifier once received millions of probe queries from batch_size="auto"; now
+    # "auto" takes its own batch size and every query it sees is one of the certification's samples.
+    labels, w, b = linear_oracle
+    calls: list[int] = []
+
+    def counted(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return labels(batch)
+
+    x, _ = points_at(np.full(4, 1.0), w, b, seed=5)
+    classifier = QueryOnlyClassifier(counted, 2, batch_size=128, query_budget=len(x) * (N0 + CAP))
+    estimator = DenoisedSmoothingClassifier(
+        classifier, None, input_shape=(DIM,), nb_classes=2, scale=SIGMA, clip_values=None, seed=0
+    )
+    result = estimator.certify_adaptive(x, radius=0.5, max_samples=N0 + CAP, n0=N0, batch_size="auto", seed=5)
+    assert sum(calls) == int(result.samples_used.sum()) == estimator.query_count == classifier.query_count
+    assert max(calls) <= 128
+
+
+def test_auto_batch_size_probes_a_torch_chain_without_spending_its_budget(linear_oracle):
+    # A torch classifier may be probed (it runs here), but through an uncounted copy of the chain: the
+    # query count is the certification's samples and a budget of the worst case is enough.
+    _, w, b = linear_oracle
+    linear = torch.nn.Linear(DIM, 1)
+    with torch.no_grad():
+        linear.weight.copy_(torch.as_tensor(w, dtype=torch.float32)[None])
+        linear.bias.fill_(b)
+    model = torch.nn.Sequential(linear, torch.nn.Flatten(0), Stack())
+    x, _ = points_at(np.full(3, 1.0), w, b, seed=6)
+    estimator = DenoisedSmoothingClassifier(
+        model,
+        None,
+        input_shape=(DIM,),
+        nb_classes=2,
+        scale=SIGMA,
+        clip_values=None,
+        seed=0,
+        query_budget=len(x) * (N0 + CAP),
+    )
+    result = estimator.certify_adaptive(x, radius=0.5, max_samples=N0 + CAP, n0=N0, batch_size="auto", seed=6)
+    assert estimator.query_count == int(result.samples_used.sum())
+
+
+class Stack(torch.nn.Module):
+    """Margins m to two-class logits (-m, m)."""
+
+    def forward(self, margin: torch.Tensor) -> torch.Tensor:
+        return torch.stack([-margin, margin], dim=1)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [

@@ -267,3 +267,20 @@ def test_bad_adapter_arguments_are_refused():
         HTTPClassifier("http://127.0.0.1:1/", 10, timeout=0)
     with pytest.raises(ValueError, match="output"):
         HTTPClassifier("http://127.0.0.1:1/", 10, output="probabilities")
+
+
+def test_auto_batch_size_queries_nothing_outside_the_counted_certification(serve, digits):
+    # certify_adaptive(batch_size="auto") once timed batch sizes through the counted labels function: a
+    # throughput probe of paid requests, which also spent the budget the certification had been checked
+    # against. Now the server sees exactly the certification's own samples, and a budget of exactly the
+    # worst case is enough.
+    server = serve()
+    x, max_samples = digits.x_test[:3], 300
+    classifier = HTTPClassifier(server.url, 10, batch_size=64, query_budget=len(x) * max_samples)
+    estimator = DenoisedSmoothingClassifier(classifier, None, input_shape=SHAPE, nb_classes=10, scale=SIGMA)
+    result = estimator.certify_adaptive(
+        x, radius=0.25, max_samples=max_samples, n0=20, batch_size="auto", seed=1
+    )
+    spent = int(result.samples_used.sum())
+    assert server.inputs_seen == spent == estimator.query_count == classifier.query_count
+    assert server.requests == classifier.request_count and classifier.retry_count == 0

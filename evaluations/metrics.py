@@ -122,10 +122,16 @@ def abstain_rate(pred_labels: ArrayLike) -> float:
 def certificate_check(flipped: ArrayLike, alpha: float, confidence: float = 0.99) -> dict[str, Any]:
     """Is the rate of broken certificates statistically above ``alpha``?
 
-    ``flipped[i]`` is True when an attack that stayed inside point i's certified radius made a
-    non-abstained PREDICT return a class other than the certified one. For a sound certifier (and
-    PREDICT at level ``alpha``) each trial flips with probability at most about ``alpha``, so under
-    that null the number of flips is stochastically at most Binomial(trials, alpha).
+    ``flipped`` has one entry per point given to CERTIFY (every attempted point, a trial), True where
+    CERTIFY certified it and an attack that stayed inside its certified radius then made a non-abstained
+    PREDICT return a class other than the certified one; False elsewhere, abstentions included.
+    ``alpha`` is the flip probability per attempted point that a sound certifier meets: with CERTIFY at
+    level ``alpha_certify`` and PREDICT at ``alpha_predict``, ``alpha = alpha_certify + alpha_predict``
+    (CERTIFY bounds P(certified and wrong) <= alpha_certify per attempted point; given a right
+    certificate, PREDICT answers another class with probability <= alpha_predict). Under that null the
+    number of flips is stochastically at most Binomial(trials, alpha). Trials must not be the certified
+    points alone: CERTIFY does not bound P(wrong | certified), and a sound certifier that abstains on
+    most points would be flagged.
 
     Returns ``{"trials", "flips", "rate", "upper_bound", "p_value", "flagged", "alpha", "confidence"}``:
     ``upper_bound`` is the one-sided Clopper-Pearson upper bound on the flip rate at ``confidence``;

@@ -71,7 +71,7 @@ class RunData:
         self.clean: dict[str, dict[str, np.ndarray]] = {}  # defence -> {"idx","label","predict","detected"}
         self.certified: dict[str, dict[str, np.ndarray]] = {}  # defence -> certification arrays
         self.empirical: list[dict[str, Any]] = []  # one dict of arrays per (defence, attack, norm, eps)
-        self.checks: dict[str, dict[str, np.ndarray]] = {}  # defence -> certificate-check arrays
+        self.checks: dict[str, dict[str, Any]] = {}  # defence -> certificate-check arrays and "attempted"
 
 
 def _chunks(count: int, size: int) -> list[tuple[int, int]]:
@@ -316,10 +316,13 @@ class Pipeline:
                 )
 
     def run_certificate_check(self) -> None:
-        """Attack every certified point (up to ``certificate_check.points``) of each smoothed defence that
-        is attacked at all (``attack_points`` > 0) with SmoothAdv at
+        """Attack every certified point among the first ``certificate_check.points`` points certified of
+        each smoothed defence that is attacked at all (``attack_points`` > 0) with SmoothAdv at
         ``radius_factor`` times its own certified radius, towards leaving its certified class, and PREDICT
-        with fresh noise; a non-abstained answer other than the certified class is a flip."""
+        with fresh noise; a non-abstained answer other than the certified class is a flip. All of those
+        first points are the check's trials (``attempted``): the prefix is fixed before looking at which
+        points certify, so the flips of a sound certifier stay within Binomial(attempted, alpha +
+        predict_alpha)."""
         section = self.config["certificate_check"]
         if not section["enabled"]:
             return
@@ -336,11 +339,12 @@ class Pipeline:
             if self.attack_points(defence) == 0:  # "not attacked" covers this attack too
                 continue
             certified = self.data.certified[defence.name]
-            chosen = np.flatnonzero(certified["labels"] != -1)[: section["points"]]
-            jobs.append((defence, chosen))
-        units = sum(len(_chunks(len(chosen), size)) for _, chosen in jobs)
+            attempted = min(section["points"], len(certified["labels"]))
+            chosen = np.flatnonzero(certified["labels"][:attempted] != -1)
+            jobs.append((defence, chosen, attempted))
+        units = sum(len(_chunks(len(chosen), size)) for _, chosen, _ in jobs)
         with self.stage("certificate_check"), self._bar(units, "certificate check") as bar:
-            for defence, chosen in jobs:
+            for defence, chosen, attempted in jobs:
                 certified = self.data.certified[defence.name]
                 x = self.dataset.x_test[certified["idx"][chosen]]
                 target = certified["labels"][chosen]
@@ -386,6 +390,7 @@ class Pipeline:
                     "eps": budget,
                     "predict": predictions,
                     "l2_distance": _concat(parts, "l2_distance") if parts else np.zeros(0),
+                    "attempted": attempted,
                 }
 
     # -- the whole run ---------------------------------------------------------------------------------

@@ -181,11 +181,14 @@ def _dataset_summary(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def _certificate_check(pipeline: Pipeline, defence: Any, check: dict[str, np.ndarray]) -> dict[str, Any]:
-    """B's certificate_check on the flips, against the rate a sound certifier allows: a certificate fails
-    with probability <= alpha, and PREDICT answers a class other than g's with probability <=
-    predict_alpha, so a flip has probability <= alpha + predict_alpha."""
+    """metrics.certificate_check over every attempted point (the certified ones were attacked; the rest
+    cannot flip), against the rate a sound certifier meets per attempted point: P(certified and wrong)
+    <= alpha, and PREDICT answers a class other than g's with probability <= predict_alpha, so a flip
+    has probability <= alpha + predict_alpha."""
     section = pipeline.config["certificate_check"]
-    flipped = (check["predict"] != metrics.ABSTAIN) & (check["predict"] != check["certified_label"])
+    attacked = (check["predict"] != metrics.ABSTAIN) & (check["predict"] != check["certified_label"])
+    flipped = np.zeros(int(check["attempted"]), dtype=bool)
+    flipped[: len(attacked)] = attacked
     reference = min(0.999, defence.alpha + defence.predict_alpha)
     result = metrics.certificate_check(flipped, reference, section["confidence"])
     result.update(
@@ -193,6 +196,7 @@ def _certificate_check(pipeline: Pipeline, defence: Any, check: dict[str, np.nda
             "alpha_certify": defence.alpha,
             "alpha_predict": defence.predict_alpha,
             "reference_rate": reference,
+            "attacked": len(attacked),
             "abstained": int(np.count_nonzero(check["predict"] == metrics.ABSTAIN)),
             "radius_factor": section["radius_factor"],
             "steps": section["steps"],
@@ -589,22 +593,24 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
             "",
             "## Certificate check",
             "",
-            "Every certified point (up to the configured number) is attacked with SmoothAdv inside its own "
-            "certified radius (ε = radius_factor × radius), aiming away from its certified class, then "
-            "answered by PREDICT with fresh noise. A *flip* is a non-abstained answer other than the "
-            "certified class. A sound certifier flips with probability at most α + α_predict (the "
-            "certificate fails with probability ≤ α; PREDICT errs with probability ≤ α_predict); the "
-            "check is FLAGGED when the flip count is statistically above that (binomial test at 1 − "
-            "confidence).",
+            "Every certified point among the first points certified (up to the configured number) is "
+            "attacked with SmoothAdv inside its own certified radius (ε = radius_factor × radius), aiming "
+            "away from its certified class, then answered by PREDICT with fresh noise. A *flip* is a "
+            "non-abstained answer other than the certified class. Every attempted point is a trial (one "
+            "CERTIFY abstained on cannot flip): per attempted point a sound certifier flips with "
+            "probability at most α + α_predict (P(certified and wrong) ≤ α; PREDICT errs with probability "
+            "≤ α_predict); the check is FLAGGED when the flip count is statistically above that "
+            "(binomial test at 1 − confidence).",
             "",
-            "| defence | trials | flips | abstained | rate | upper bound | reference rate | p-value "
-            "| flagged |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| defence | trials | attacked | flips | abstained | rate | upper bound | reference rate | "
+            "p-value | flagged |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, check in checks.items():
             rate = "–" if check["trials"] == 0 else f"{check['rate']:.4f}"
             lines.append(
-                f"| {name} | {check['trials']} | {check['flips']} | {check['abstained']} | {rate} | "
+                f"| {name} | {check['trials']} | {check.get('attacked', '–')} | {check['flips']} | "
+                f"{check['abstained']} | {rate} | "
                 f"{check['upper_bound']:.4f} | {check['reference_rate']:.4g} | {check['p_value']:.3g} | "
                 f"{'**FLAGGED**' if check['flagged'] else 'no'} |"
             )

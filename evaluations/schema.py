@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a key changes meaning or disappears (adding keys does not bump it).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: certificate_check.trials counts every attempted point, not the attacked ones
 
 CERTIFY_COLUMNS = (
     "idx",  # index of the test point in the dataset's fixed test split
@@ -106,9 +106,9 @@ DEFENCE_KEYS = {
     "abstain, seconds_per_point}",
     "empirical": "{norm: {attack: {eps, accuracy, abstain, detected}, worst_case: {eps, accuracy, abstain, "
     "attacks[, correct_or_detected]}}}",
-    "certificate_check": "smoothed only: {trials, flips, rate, upper_bound, p_value, flagged, alpha, "
-    "confidence, alpha_certify, alpha_predict, reference_rate, abstained, radius_factor, steps, attack, "
-    "max_l2_overshoot}",
+    "certificate_check": "smoothed only: {trials (points attempted), attacked (the certified ones), flips, "
+    "rate, upper_bound, p_value, flagged, alpha, confidence, alpha_certify, alpha_predict, reference_rate, "
+    "abstained, radius_factor, steps, attack, max_l2_overshoot}",
     "gaps": "smoothed only: [{radius, certified, empirical, abstain, gap, explained_by_abstentions, points}]",
 }
 

@@ -52,9 +52,11 @@ def check_batch(
     input_shape: tuple[int, ...],
     clip_values: tuple[Any, Any] | None = None,
     name: str = "x",
+    slack: float = 0.0,
 ) -> None:
     """Refuse a batch whose shape is not ``(N, *input_shape)``, that holds NaN or infinite values, or
-    that lies outside ``clip_values`` (beyond a rounding tolerance)."""
+    that lies outside ``clip_values`` (beyond a rounding tolerance, plus ``slack`` times the width of the
+    clip range on either side)."""
     shape = tuple(x.shape)
     if len(shape) != len(input_shape) + 1 or shape[1:] != tuple(input_shape):
         raise ValueError(
@@ -74,9 +76,11 @@ def check_batch(
     if clip_values is not None and np.size(x):
         clip_low = np.min(np.asarray(clip_values[0], dtype=np.float64))
         clip_high = np.max(np.asarray(clip_values[1], dtype=np.float64))
-        tolerance = 1e-5 * max(float(clip_high - clip_low), 1.0)
+        width = float(clip_high - clip_low)
+        tolerance = 1e-5 * max(width, 1.0) + slack * width
         if low < clip_low - tolerance or high > clip_high + tolerance:
+            beyond = f" by more than {slack:g} times its width" if slack else ""
             raise ValueError(
                 f"{name} has values in [{low:.6g}, {high:.6g}], outside clip_values=({clip_low:.6g}, "
-                f"{clip_high:.6g}); scale the data to the range the model was built for"
+                f"{clip_high:.6g}){beyond}; scale the data to the range the model was built for"
             )

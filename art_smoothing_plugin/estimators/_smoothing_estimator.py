@@ -19,7 +19,15 @@ import torch
 from .._validation import check_batch, check_int_at_least, check_positive_float, check_probability
 from ..smoothing import ABSTAIN, CertificationResult, SmoothedSoftClassifier, Smoother, predict_from_counts
 
-__all__ = ["NO_ACTIVATIONS", "SmoothingEstimatorMixin"]
+__all__ = ["ATTACK_SLACK", "NO_ACTIVATIONS", "SmoothingEstimatorMixin"]
+
+#: How far beyond ``clip_values`` (in widths of the clip range, on either side) ``predict`` and the
+#: gradient and loss methods accept inputs. ART's attacks evaluate the classifier at points a little
+#: outside the box (finite differences, unclipped intermediate iterates, universal perturbations) and
+#: clip only what they return; the smoothed classifier is defined there (noise is never clipped). Inputs
+#: further out are refused as data in other units. Certification, PREDICT with abstention and training
+#: keep the strict check.
+ATTACK_SLACK = 3.0
 
 #: Why ``get_activations`` and ``custom_loss_gradient`` refuse.
 NO_ACTIVATIONS = (
@@ -70,7 +78,9 @@ class SmoothingEstimatorMixin:
     def _base_labels(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - each estimator's own
         raise NotImplementedError
 
-    def _prepare_call(self, x: np.ndarray | torch.Tensor, samples_per_input: int) -> torch.Tensor:
+    def _prepare_call(
+        self, x: np.ndarray | torch.Tensor, samples_per_input: int, slack: float = 0.0
+    ) -> torch.Tensor:
         raise NotImplementedError  # pragma: no cover - each estimator's own
 
     def _accelerated_modules(self) -> list[torch.nn.Module]:
@@ -181,10 +191,10 @@ class SmoothingEstimatorMixin:
         """``module`` (taking the user's layout) as a module taking the core's channels-first batches."""
         return _Relayout(module, to_channels_first=False) if self._moves_channels else module
 
-    def _to_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x") -> torch.Tensor:
-        """``x`` checked against ``input_shape`` and ``clip_values``, as a float32 tensor on the device,
-        in the core's (channels-first) layout."""
-        check_batch(x, self.input_shape, self.clip_values, name=name)  # type: ignore[attr-defined]
+    def _to_tensor(self, x: np.ndarray | torch.Tensor, name: str = "x", slack: float = 0.0) -> torch.Tensor:
+        """``x`` checked against ``input_shape`` and ``clip_values`` (widened by ``slack`` range widths),
+        as a float32 tensor on the device, in the core's (channels-first) layout."""
+        check_batch(x, self.input_shape, self.clip_values, name=name, slack=slack)  # type: ignore[attr-defined]
         if isinstance(x, torch.Tensor):
             return self._to_core_layout(x.detach().to(self._device, torch.float32))
         return self._to_core_layout(torch.from_numpy(np.asarray(x, dtype=np.float32)).to(self._device))
@@ -337,7 +347,7 @@ class SmoothingEstimatorMixin:
         clean input.
         """
         sampling = self._sampling(kwargs)
-        x_t = self._to_tensor(x).requires_grad_(True)
+        x_t = self._to_tensor(x, slack=ATTACK_SLACK).requires_grad_(True)
         y_t = self._labels_tensor(y, len(x_t))
         with self._gradient_mode(training_mode), torch.enable_grad():
             loss = self._loss_values(x_t, y_t, sampling, None, "loss_gradient")
@@ -361,7 +371,7 @@ class SmoothingEstimatorMixin:
         :returns: the gradients, NumPy for NumPy ``x`` and torch for torch ``x``.
         """
         sampling = self._sampling(kwargs)
-        x_t = self._to_tensor(x).requires_grad_(True)
+        x_t = self._to_tensor(x, slack=ATTACK_SLACK).requires_grad_(True)
         classes = self._class_indices(label, len(x_t))
         with self._gradient_mode(training_mode), torch.enable_grad():
             scores = self._scores(x_t, sampling, "class_gradient")
@@ -412,7 +422,7 @@ class SmoothingEstimatorMixin:
         if reduction not in ("none", "mean", "sum"):
             raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
         sampling = self._sampling(kwargs)
-        x_t = self._to_tensor(x)
+        x_t = self._to_tensor(x, slack=ATTACK_SLACK)
         y_t = self._labels_tensor(y, len(x_t))
         with self._gradient_mode(False), torch.no_grad():
             loss = self._loss_values(x_t, y_t, sampling, reduction, "compute_loss")
@@ -430,6 +440,22 @@ class SmoothingEstimatorMixin:
         """``{"total": compute_loss(x, y, reduction)}``: the smoothed soft classifier's loss is its only
         component."""
         return {"total": self.compute_loss(x, y, reduction=reduction, **kwargs)}
+
+    def _predict_framework(
+        self, x: torch.Tensor, y: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """ART's differentiable forward pass (its PyTorch patch attacks use it): the smoothed soft
+        classifier's log-probabilities of the tensor ``x`` (in the caller's layout), with gradients
+        flowing to ``x``; ``y`` is passed through."""
+        shape = tuple(self.input_shape)  # type: ignore[attr-defined]
+        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != shape:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(
+                f"x must be a torch.Tensor of shape (N, {', '.join(map(str, shape))}), got {got}"
+            )
+        x_core = self._to_core_layout(x.to(self._device, torch.float32))
+        with self._gradient_mode(False):
+            return self._scores(x_core, self._default_sampling(), "_predict_framework"), y
 
     def get_activations(
         self, x: Any, layer: Any = None, batch_size: int = 128, framework: bool = False

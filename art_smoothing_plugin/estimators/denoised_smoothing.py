@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from art.estimators.certification.randomized_smoothing.randomized_smoothing import RandomizedSmoothingMixin
 from art.estimators.classification.classifier import ClassGradientsMixin, ClassifierMixin
-from art.estimators.estimator import BaseEstimator, LossGradientsMixin
+from art.estimators.estimator import BaseEstimator, LossGradientsMixin, NeuralNetworkMixin
 
 from .._validation import (
     check_input_shape,
@@ -43,9 +43,15 @@ from ..classifiers.callable import QueryBudgetExceeded, QueryCounter, QueryOnlyC
 from ..classifiers.http import HTTPClassifier
 from ..classifiers.torch_module import check_logits
 from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
-from ._smoothing_estimator import SmoothingEstimatorMixin
+from ._smoothing_estimator import ATTACK_SLACK, SmoothingEstimatorMixin
 
 __all__ = ["DenoisedClassifierModule", "DenoisedSmoothingClassifier", "NotDifferentiableError"]
+
+
+_NO_TRAINING = (
+    "DenoisedSmoothingClassifier does not train the classifier; train the denoiser with "
+    "art_smoothing_plugin.denoisers.DenoiserTrainer"
+)
 
 
 class NotDifferentiableError(NotImplementedError):
@@ -102,7 +108,12 @@ class DenoisedClassifierModule(torch.nn.Module):
 
 
 class DenoisedSmoothingClassifier(
-    SmoothingEstimatorMixin, ClassGradientsMixin, ClassifierMixin, LossGradientsMixin, BaseEstimator
+    SmoothingEstimatorMixin,
+    ClassGradientsMixin,
+    ClassifierMixin,
+    NeuralNetworkMixin,
+    LossGradientsMixin,
+    BaseEstimator,
 ):
     """Randomized smoothing of ``classifier o denoiser`` (denoised smoothing), as an ART estimator.
 
@@ -212,6 +223,7 @@ class DenoisedSmoothingClassifier(
         )
         self._composite = composite
         super().__init__(
+            channels_first=self._channels_first,
             model=composite if composite is not None else classifier,
             clip_values=clip_values,
             preprocessing_defences=None,
@@ -330,9 +342,14 @@ class DenoisedSmoothingClassifier(
         return self._input_shape
 
     @property
-    def channels_first(self) -> bool:
-        """Whether inputs have their channel axis first (``input_shape`` ``(C, H, W)``)."""
-        return self._channels_first
+    def device(self) -> torch.device:
+        """Where noise is drawn and the torch modules run (as ART's PyTorch estimators name it)."""
+        return self._device
+
+    @property
+    def layer_names(self) -> list[str]:
+        """No names: the smoothed classifier has no hidden layers (``get_activations`` refuses)."""
+        return []
 
     @property
     def classifier_kind(self) -> str:
@@ -386,9 +403,11 @@ class DenoisedSmoothingClassifier(
         own = getattr(self._query_fn, "batch_size", None)
         return int(own) if own else self._batch_size
 
-    def _prepare_call(self, x: np.ndarray | torch.Tensor, samples_per_input: int) -> torch.Tensor:
+    def _prepare_call(
+        self, x: np.ndarray | torch.Tensor, samples_per_input: int, slack: float = 0.0
+    ) -> torch.Tensor:
         self._check_sigma()
-        x_t = self._to_tensor(x)
+        x_t = self._to_tensor(x, slack=slack)
         self._require_queries(len(x_t) * samples_per_input)
         if self.denoiser is not None:
             self.denoiser.eval()
@@ -409,7 +428,7 @@ class DenoisedSmoothingClassifier(
         :param seed: draw this call's noise from a generator with this seed.
         """
         batch_size = check_int_at_least("batch_size", batch_size, 1)
-        x_t = self._prepare_call(x, self._sample_size)
+        x_t = self._prepare_call(x, self._sample_size, slack=ATTACK_SLACK)
         return self._predict_rows(x_t, batch_size, kwargs.get("seed"), kwargs.get("is_abstain"))
 
     def certify_detailed(
@@ -454,10 +473,11 @@ class DenoisedSmoothingClassifier(
         """Not supported: denoised smoothing leaves the classifier unchanged. Train the denoiser with
         :class:`art_smoothing_plugin.denoisers.DenoiserTrainer`, or the classifier itself with
         :meth:`art_smoothing_plugin.RandomizedSmoothingClassifier.fit`."""
-        raise NotImplementedError(
-            "DenoisedSmoothingClassifier does not train the classifier; train the denoiser with "
-            "art_smoothing_plugin.denoisers.DenoiserTrainer"
-        )
+        raise NotImplementedError(_NO_TRAINING)
+
+    def fit_generator(self, generator: Any, nb_epochs: int = 20, **kwargs: Any) -> None:
+        """Not supported, as :meth:`fit`."""
+        raise NotImplementedError(_NO_TRAINING)
 
     # -- gradients ----------------------------------------------------------------------------------------
     def _require_gradients(self, what: str) -> DenoisedClassifierModule:

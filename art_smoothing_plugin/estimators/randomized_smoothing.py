@@ -31,7 +31,7 @@ from .._validation import (
 from ..classifiers.torch_module import check_logits
 from ..sampling import make_generator
 from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
-from ._smoothing_estimator import SmoothingEstimatorMixin
+from ._smoothing_estimator import ATTACK_SLACK, SmoothingEstimatorMixin
 
 __all__ = ["RandomizedSmoothingClassifier"]
 
@@ -210,8 +210,10 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         # torchattacks reads .training; the base model is in eval mode already
         return self._core_layout_module(module).eval()
 
-    def _prepare_call(self, x: np.ndarray | torch.Tensor, samples_per_input: int) -> torch.Tensor:
-        x_t = self._to_tensor(x)
+    def _prepare_call(
+        self, x: np.ndarray | torch.Tensor, samples_per_input: int, slack: float = 0.0
+    ) -> torch.Tensor:
+        x_t = self._to_tensor(x, slack=slack)
         self.model.eval()
         return x_t
 
@@ -233,7 +235,7 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         :param seed: draw this call's noise from a generator with this seed.
         """
         batch_size = check_int_at_least("batch_size", batch_size, 1)
-        x_t = self._to_tensor(x)
+        x_t = self._to_tensor(x, slack=ATTACK_SLACK)
         self.model.train(mode=training_mode)
         rows = self._predict_rows(x_t, batch_size, kwargs.get("seed"), kwargs.get("is_abstain"))
         return self._apply_postprocessing(preds=rows, fit=False)
@@ -384,21 +386,6 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
             yield
         finally:
             self.model.eval()
-
-    def _predict_framework(
-        self, x: torch.Tensor, y: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """ART's differentiable forward pass (adversarial patches and other PyTorch-only attacks use it):
-        the smoothed soft classifier's log-probabilities of the tensor ``x``, with gradients flowing to
-        ``x``; ``sampling=False`` is not offered here (use ``base_module()``)."""
-        if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != tuple(self.input_shape):
-            raise ValueError(
-                f"x must be a torch.Tensor of shape (N, {', '.join(map(str, self.input_shape))}), got "
-                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
-            )
-        self.model.eval()
-        x_core = self._to_core_layout(x.to(self._device, torch.float32))
-        return self._scores(x_core, self._default_sampling(), "_predict_framework"), y
 
     def __repr__(self) -> str:
         return (

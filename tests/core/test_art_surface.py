@@ -432,16 +432,15 @@ def test_feature_adversaries_are_refused_with_the_reason() -> None:
         flat("randomized").custom_loss_gradient(torch.norm, x, guide, "0")
     with pytest.raises(NotImplementedError, match="base_module"):
         flat("denoised").get_activations(x, 0)
-    # The denoised estimator is no ART NeuralNetworkMixin: ART itself refuses the attack.
-    from art.exceptions import EstimatorError
-
-    with pytest.raises(EstimatorError):
-        FeatureAdversariesPyTorch(flat("denoised"), delta=0.1, layer=0)
+    denoised = FeatureAdversariesPyTorch(flat("denoised"), delta=0.1, layer=0, max_iter=2, step_size=0.01)
+    with pytest.raises(NotImplementedError, match="no hidden layers"):
+        denoised.generate(x, guide)
 
 
 # -- ART's differentiable forward pass -----------------------------------------------------------------------
-def test_predict_framework_is_the_smoothed_soft_classifier() -> None:
-    estimator, x = flat("randomized"), torch.full((3, 1, 2, 2), 0.4, requires_grad=True)
+@pytest.mark.parametrize("kind", KINDS)
+def test_predict_framework_is_the_smoothed_soft_classifier(kind) -> None:
+    estimator, x = flat(kind), torch.full((3, 1, 2, 2), 0.4, requires_grad=True)
     estimator.seed = 5
     scores, passed = estimator._predict_framework(x, "labels")
     assert passed == "labels" and scores.shape == (3, 2)

@@ -21,6 +21,16 @@ def check_positive_float(name: str, value: Any) -> float:
     return as_float
 
 
+def check_nonnegative_float(name: str, value: Any) -> float:
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
+    if not math.isfinite(as_float) or as_float < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return as_float
+
+
 def check_probability(name: str, value: Any) -> float:
     try:
         as_float = float(value)

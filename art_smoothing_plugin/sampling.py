@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-__all__ = ["LabelFunction", "count_votes", "gaussian_copies", "make_generator"]
+__all__ = ["LabelFunction", "count_votes", "gaussian_copies", "gaussian_noise", "make_generator"]
 
 #: Maps a batch of (noisy) inputs to one predicted class index per input, as an integer tensor.
 LabelFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -33,15 +33,25 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return generator
 
 
+def gaussian_noise(
+    x: torch.Tensor, copies: int, sigma: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``copies`` draws of ``N(0, sigma^2 I)`` per input of ``x``, shaped ``(len(x), copies, *x.shape[1:])``,
+    on ``x``'s device and in its dtype. Kept apart from the inputs so that one draw can serve several
+    points (training methods reuse it for an input and its adversarial or mixed versions)."""
+    noise = torch.randn(
+        (x.shape[0], copies, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype
+    )
+    return sigma * noise
+
+
 def gaussian_copies(
     x: torch.Tensor, copies: int, sigma: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """``copies`` noisy versions of each input, ``x[i] + N(0, sigma^2 I)``, laid out input-major as a
     ``(len(x) * copies, *x.shape[1:])`` tensor. Differentiable in ``x`` (the noise is a constant)."""
-    noise = torch.randn(
-        (x.shape[0], copies, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype
-    )
-    return (x.unsqueeze(1) + sigma * noise).reshape(x.shape[0] * copies, *x.shape[1:])
+    noise = gaussian_noise(x, copies, sigma, generator)
+    return (x.unsqueeze(1) + noise).reshape(x.shape[0] * copies, *x.shape[1:])
 
 
 def count_votes(

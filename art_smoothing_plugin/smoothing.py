@@ -28,7 +28,7 @@ from . import statistics
 from ._validation import check_int_at_least, check_positive_float, check_probability
 from .sampling import LabelFunction, count_votes, gaussian_copies, make_generator
 
-__all__ = ["ABSTAIN", "CertificationResult", "SmoothedSoftClassifier", "Smoother"]
+__all__ = ["ABSTAIN", "CertificationResult", "SmoothedSoftClassifier", "Smoother", "mean_softmax"]
 
 #: The label returned where the smoothed classifier abstains. Never a class index.
 ABSTAIN = -1
@@ -309,6 +309,12 @@ class SmoothedSoftClassifier(torch.nn.Module):
             if generator.device != x.device:
                 generator = make_generator(None, x.device)
         noisy = gaussian_copies(x, self.num_samples, self.sigma, generator)
-        logits = self._logits(noisy)
-        probs = torch.softmax(logits.float(), dim=1).reshape(x.shape[0], self.num_samples, -1).mean(dim=1)
-        return probs.clamp_min(1e-12).log()
+        logits = self._logits(noisy).reshape(x.shape[0], self.num_samples, -1)
+        return mean_softmax(logits).clamp_min(1e-12).log()
+
+
+def mean_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """The smoothed soft classifier's output from the base model's logits on ``m`` noisy copies of each
+    input: ``logits`` of shape ``(N, m, num_classes)`` in, the mean over the copies of their softmax,
+    ``(N, num_classes)``, out, in float32. Differentiable."""
+    return torch.softmax(logits.float(), dim=-1).mean(dim=1)

@@ -2,5 +2,13 @@
 
 from .denoised_smoothing import DenoisedSmoothingClassifier, NotDifferentiableError
 from .randomized_smoothing import RandomizedSmoothingClassifier
+from .smoothing_trainers import MACERClassifier, SmoothAdvClassifier, SmoothMixClassifier
 
-__all__ = ["DenoisedSmoothingClassifier", "NotDifferentiableError", "RandomizedSmoothingClassifier"]
+__all__ = [
+    "DenoisedSmoothingClassifier",
+    "MACERClassifier",
+    "NotDifferentiableError",
+    "RandomizedSmoothingClassifier",
+    "SmoothAdvClassifier",
+    "SmoothMixClassifier",
+]

@@ -16,7 +16,15 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any
 
-from ._core import TrainingContext, TrainingMethod, smoothed_l2_pgd, train, train_batches, warmup_factor
+from ._core import (
+    TrainingContext,
+    TrainingMethod,
+    shuffled_batches,
+    smoothed_l2_pgd,
+    train,
+    train_batches,
+    warmup_factor,
+)
 from .consistency import Consistency, consistency_regularizer
 from .gaussian import GaussianAugmentation
 from .macer import MACER, macer_loss
@@ -36,6 +44,7 @@ __all__ = [
     "consistency_regularizer",
     "macer_loss",
     "make_training_method",
+    "shuffled_batches",
     "smoothed_l2_pgd",
     "smoothmix_loss",
     "train",

@@ -37,6 +37,7 @@ __all__ = [
     "TrainingContext",
     "TrainingMethod",
     "project_l2",
+    "shuffled_batches",
     "smoothed_l2_pgd",
     "train",
     "train_batches",
@@ -253,6 +254,28 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def shuffled_batches(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    shuffle_generator: torch.Generator,
+    drop_last: bool = False,
+) -> tuple[Batches, int]:
+    """Mini-batches of ``(x, y)`` in a fresh order each epoch, drawn from ``shuffle_generator`` (on the CPU,
+    so a seed gives the same order on every device), and the number of batches per epoch. The last, smaller
+    batch is kept unless ``drop_last``."""
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(x), generator=shuffle_generator).to(x.device)
+        for start in range(0, len(x), batch_size):
+            index = order[start : start + batch_size]
+            if drop_last and len(index) < batch_size:
+                break
+            yield x.index_select(0, index), y.index_select(0, index)
+
+    return batches, (len(x) // batch_size if drop_last else -(-len(x) // batch_size))
+
+
 def train(
     method: TrainingMethod | str | Mapping[str, Any],
     model: torch.nn.Module,
@@ -313,16 +336,7 @@ def train(
     generator = generator if generator is not None else make_generator(seed, device)
     if shuffle_generator is None:
         shuffle_generator = make_generator(None if seed is None else seed + 1, "cpu")
-
-    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(x_t), generator=shuffle_generator).to(device)
-        for start in range(0, len(x_t), batch_size):
-            index = order[start : start + batch_size]
-            if drop_last and len(index) < batch_size:
-                break
-            yield x_t.index_select(0, index), y_t.index_select(0, index)
-
-    per_epoch = len(x_t) // batch_size if drop_last else -(-len(x_t) // batch_size)
+    batches, per_epoch = shuffled_batches(x_t, y_t, batch_size, shuffle_generator, drop_last)
     context = TrainingContext(
         model,
         sigma,

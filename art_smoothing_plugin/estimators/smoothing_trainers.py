@@ -1,0 +1,394 @@
+"""Drop-ins for ART's smoothing trainers: :class:`SmoothAdvClassifier` for ``PyTorchSmoothAdv``,
+:class:`MACERClassifier` for ``PyTorchMACER`` and :class:`SmoothMixClassifier` for ``PyTorchSmoothMix``.
+
+Each takes its ART class's constructor arguments under the same names, with the same defaults and meaning,
+and is a :class:`RandomizedSmoothingClassifier` in every other way (PREDICT, CERTIFY, gradients of the
+smoothed classifier, ``get_params`` / ``set_params`` / ``clone_for_refitting``). ``fit`` and
+``fit_generator`` train with the method of :mod:`art_smoothing_plugin.training`, without ART 1.20.1's
+defects (docs/training.md lists each difference and why):
+
+* SmoothAdv: the adversary is L2 PGD on the smoothed soft classifier over the ``num_noise_vec`` draws used
+  for training (ART: L-infinity PGD on the base model), its steps accumulate (ART restarts each step from
+  the clean point), the ``epsilon`` warm-up reaches the adversary, and ``num_noise_vec > 1`` works.
+* MACER: ``get_params`` and ``clone_for_refitting`` work (ART lists a ``gauss_num`` attribute that does not
+  exist), and inputs of any rank are grouped correctly (ART assumes 4-D).
+* SmoothMix: the PGD step is its own argument, ``step_size`` (ART uses ``alpha``, the certification error
+  probability, 0.001), and points are clamped into ``clip_values``, not into [0, 1].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from art.utils import check_and_transform_label_format
+
+from .._validation import check_int_at_least
+from ..sampling import make_generator
+from ..training import (
+    MACER,
+    SmoothAdv,
+    SmoothMix,
+    TrainingContext,
+    TrainingMethod,
+    shuffled_batches,
+    train_batches,
+)
+from .randomized_smoothing import RandomizedSmoothingClassifier
+
+__all__ = ["MACERClassifier", "SmoothAdvClassifier", "SmoothMixClassifier"]
+
+
+def _hyper_parameter(name: str) -> property:
+    """A property that reads and writes one hyper-parameter of the estimator's training method; a write
+    builds a new method, so a bad value is refused (naming it) and the old one kept."""
+
+    def get(self: _MethodTrainedClassifier) -> Any:
+        return getattr(self._training_method, name)
+
+    def set_(self: _MethodTrainedClassifier, value: Any) -> None:
+        self._training_method = dataclasses.replace(self._training_method, **{name: value})
+
+    return property(get, set_, doc=f"The training method's ``{name}`` (see :attr:`training_method`).")
+
+
+class _MethodTrainedClassifier(RandomizedSmoothingClassifier):
+    """A randomized smoothing estimator whose ``fit`` and ``fit_generator`` train with one method."""
+
+    _training_method: TrainingMethod
+
+    @property
+    def training_method(self) -> TrainingMethod:
+        """The method ``fit`` and ``fit_generator`` train with, built from the hyper-parameters."""
+        return self._training_method
+
+    def _context(self, training_mode: bool) -> TrainingContext:
+        return TrainingContext(
+            self.model,
+            self._scale,
+            self.smoother.generator(self._device),
+            preprocess=lambda z: self._preprocess_tensor(z, fit=True),
+            clip_values=self.clip_values,
+            criterion=self._loss,
+            num_classes=self.nb_classes,
+            training_mode=training_mode,
+        )
+
+    def _check_can_train(self, nb_epochs: int) -> int:
+        if self._optimizer is None:
+            raise ValueError("fit needs an optimizer: pass optimizer= to the constructor")
+        nb_epochs = check_int_at_least("nb_epochs", nb_epochs, 0)
+        self._training_method.check_schedule(nb_epochs)
+        return nb_epochs
+
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int = 128,
+        nb_epochs: int = 10,
+        training_mode: bool = True,
+        drop_last: bool = False,
+        scheduler: Any = None,
+        verbose: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Train the base model with :attr:`training_method` at noise level ``scale`` (noise in the units of
+        ``x``, preprocessing after it), ``batch_size`` inputs per batch, a tqdm bar per epoch when
+        ``verbose``. The estimator's ``seed`` fixes the run."""
+        nb_epochs = self._check_can_train(nb_epochs)
+        batch_size = check_int_at_least("batch_size", batch_size, 1)
+        x_t = self._to_tensor(x)
+        y_t = self._labels_tensor(check_and_transform_label_format(y, nb_classes=self.nb_classes), len(x_t))
+        shuffle_generator = make_generator(None if self._seed is None else self._seed + 1, "cpu")
+        batches, per_epoch = shuffled_batches(x_t, y_t, batch_size, shuffle_generator, drop_last)
+        train_batches(
+            self._training_method,
+            self._context(training_mode),
+            self._optimizer,
+            batches,
+            nb_epochs=nb_epochs,
+            batches_per_epoch=per_epoch,
+            scheduler=scheduler,
+            progress=verbose or self.verbose,
+        )
+
+    def fit_generator(
+        self, generator: Any, nb_epochs: int = 20, verbose: bool = False, **kwargs: Any
+    ) -> None:
+        """Train as :meth:`fit` does, on the batches of an ART ``DataGenerator`` (each epoch draws
+        ``ceil(size / batch_size)`` batches; a ``PyTorchDataGenerator`` is iterated once per epoch)."""
+        from art.data_generators import PyTorchDataGenerator
+
+        nb_epochs = self._check_can_train(nb_epochs)
+
+        def as_tensors(x_batch: Any, y_batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            x_t = self._to_tensor(x_batch)
+            y_np = (
+                y_batch.detach().cpu().numpy() if isinstance(y_batch, torch.Tensor) else np.asarray(y_batch)
+            )
+            return x_t, self._labels_tensor(y_np, len(x_t))
+
+        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            if isinstance(generator, PyTorchDataGenerator):
+                for x_batch, y_batch in generator.iterator:
+                    yield as_tensors(x_batch, y_batch)
+                return
+            for _ in range(math.ceil(generator.size / generator.batch_size)):
+                yield as_tensors(*generator.get_batch())
+
+        per_epoch = None
+        if not isinstance(generator, PyTorchDataGenerator):
+            per_epoch = math.ceil(generator.size / generator.batch_size)
+        train_batches(
+            self._training_method,
+            self._context(True),
+            self._optimizer,
+            batches,
+            nb_epochs=nb_epochs,
+            batches_per_epoch=per_epoch,
+            progress=verbose or self.verbose,
+        )
+
+
+_ESTIMATOR_KEYWORDS = ("n0", "seed", "smoothed_gradients", "batch_size", "verbose")
+
+
+class SmoothAdvClassifier(_MethodTrainedClassifier):
+    """SmoothAdv (Salman et al. 2019) as a drop-in for ART's ``PyTorchSmoothAdv``: the same constructor
+    arguments, ``fit`` trains with :class:`art_smoothing_plugin.training.SmoothAdv`.
+
+    :param epsilon: L2 radius of the adversary, in the units of ``x``.
+    :param num_noise_vec: noise draws per input, shared by the attack and the training loss.
+    :param num_steps: PGD steps, each of length ``2 * epsilon / num_steps``, accumulating.
+    :param warmup: epochs over which the radius grows linearly to ``epsilon`` (1: none).
+
+    The other arguments are :class:`RandomizedSmoothingClassifier`'s.
+    """
+
+    estimator_params = RandomizedSmoothingClassifier.estimator_params + [
+        "epsilon",
+        "num_noise_vec",
+        "num_steps",
+        "warmup",
+    ]
+    epsilon = _hyper_parameter("epsilon")
+    num_noise_vec = _hyper_parameter("num_noise_vec")
+    num_steps = _hyper_parameter("num_steps")
+    warmup = _hyper_parameter("warmup")
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: torch.nn.modules.loss._Loss | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        nb_classes: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        channels_first: bool = True,
+        clip_values: Any = None,
+        preprocessing_defences: Any = None,
+        postprocessing_defences: Any = None,
+        preprocessing: Any = (0.0, 1.0),
+        device_type: str = "gpu",
+        sample_size: int = 32,
+        scale: float = 0.1,
+        alpha: float = 0.001,
+        epsilon: float = 1.0,
+        num_noise_vec: int = 1,
+        num_steps: int = 10,
+        warmup: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        self._training_method = SmoothAdv(
+            epsilon=epsilon, num_noise_vec=num_noise_vec, num_steps=num_steps, warmup=warmup
+        )
+        super().__init__(
+            model,
+            loss,
+            input_shape,
+            nb_classes,
+            optimizer,
+            channels_first,
+            clip_values,
+            preprocessing_defences,
+            postprocessing_defences,
+            preprocessing,
+            device_type,
+            sample_size,
+            scale,
+            alpha,
+            **_estimator_keywords(kwargs),
+        )
+
+
+class MACERClassifier(_MethodTrainedClassifier):
+    """MACER (Zhai et al. 2020) as a drop-in for ART's ``PyTorchMACER``: the same constructor arguments,
+    ``fit`` trains with :class:`art_smoothing_plugin.training.MACER`.
+
+    :param beta: inverse temperature of the soft output in the hinge.
+    :param gamma: hinge margin.
+    :param lmbda: weight of the robustness term.
+    :param gaussian_samples: noise draws per input.
+
+    The other arguments are :class:`RandomizedSmoothingClassifier`'s.
+    """
+
+    estimator_params = RandomizedSmoothingClassifier.estimator_params + [
+        "beta",
+        "gamma",
+        "lmbda",
+        "gaussian_samples",
+    ]
+    beta = _hyper_parameter("beta")
+    gamma = _hyper_parameter("gamma")
+    lmbda = _hyper_parameter("lmbda")
+    gaussian_samples = _hyper_parameter("gaussian_samples")
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: torch.nn.modules.loss._Loss | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        nb_classes: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        channels_first: bool = True,
+        clip_values: Any = None,
+        preprocessing_defences: Any = None,
+        postprocessing_defences: Any = None,
+        preprocessing: Any = (0.0, 1.0),
+        device_type: str = "gpu",
+        sample_size: int = 32,
+        scale: float = 0.1,
+        alpha: float = 0.001,
+        beta: float = 16.0,
+        gamma: float = 8.0,
+        lmbda: float = 12.0,
+        gaussian_samples: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        self._training_method = MACER(gaussian_samples=gaussian_samples, beta=beta, gamma=gamma, lmbda=lmbda)
+        super().__init__(
+            model,
+            loss,
+            input_shape,
+            nb_classes,
+            optimizer,
+            channels_first,
+            clip_values,
+            preprocessing_defences,
+            postprocessing_defences,
+            preprocessing,
+            device_type,
+            sample_size,
+            scale,
+            alpha,
+            **_estimator_keywords(kwargs),
+        )
+
+
+class SmoothMixClassifier(_MethodTrainedClassifier):
+    """SmoothMix (Jeong et al. 2021) as a drop-in for ART's ``PyTorchSmoothMix``: the same constructor
+    arguments plus ``step_size``, ``fit`` trains with :class:`art_smoothing_plugin.training.SmoothMix`.
+
+    :param eta: weight of the mixup term.
+    :param num_noise_vec: noise draws per input, shared by the attack and the loss.
+    :param num_steps: PGD steps.
+    :param warmup: epochs over which ``eta`` and ``maxnorm_s`` ramp up linearly (1: none).
+    :param mix_step: the PGD step whose point is the clean side of the mixup (0: the input itself).
+    :param maxnorm_s: radius of the clean side's ball (default ``step_size * mix_step``).
+    :param maxnorm: radius of the adversary's ball (default none).
+    :param step_size: PGD step length in the units of ``x`` (keyword only; ART uses ``alpha``, the
+        certification error probability, as its step). Default 1.0, the authors'.
+
+    The other arguments are :class:`RandomizedSmoothingClassifier`'s; ``alpha`` only means the error
+    probability of ``certify`` and ``predict_labels``.
+    """
+
+    estimator_params = RandomizedSmoothingClassifier.estimator_params + [
+        "eta",
+        "num_noise_vec",
+        "num_steps",
+        "warmup",
+        "mix_step",
+        "maxnorm_s",
+        "maxnorm",
+        "step_size",
+    ]
+    eta = _hyper_parameter("eta")
+    num_noise_vec = _hyper_parameter("num_noise_vec")
+    num_steps = _hyper_parameter("num_steps")
+    warmup = _hyper_parameter("warmup")
+    mix_step = _hyper_parameter("mix_step")
+    maxnorm_s = _hyper_parameter("maxnorm_s")
+    maxnorm = _hyper_parameter("maxnorm")
+    step_size = _hyper_parameter("step_size")
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: torch.nn.modules.loss._Loss | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        nb_classes: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        channels_first: bool = True,
+        clip_values: Any = None,
+        preprocessing_defences: Any = None,
+        postprocessing_defences: Any = None,
+        preprocessing: Any = (0.0, 1.0),
+        device_type: str = "gpu",
+        sample_size: int = 32,
+        scale: float = 0.1,
+        alpha: float = 0.001,
+        eta: float = 1.0,
+        num_noise_vec: int = 1,
+        num_steps: int = 10,
+        warmup: int = 1,
+        mix_step: int = 0,
+        maxnorm_s: float | None = None,
+        maxnorm: float | None = None,
+        *,
+        step_size: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        self._training_method = SmoothMix(
+            num_noise_vec=num_noise_vec,
+            num_steps=num_steps,
+            step_size=step_size,
+            eta=eta,
+            mix_step=mix_step,
+            maxnorm_s=maxnorm_s,
+            maxnorm=maxnorm,
+            warmup=warmup,
+        )
+        super().__init__(
+            model,
+            loss,
+            input_shape,
+            nb_classes,
+            optimizer,
+            channels_first,
+            clip_values,
+            preprocessing_defences,
+            postprocessing_defences,
+            preprocessing,
+            device_type,
+            sample_size,
+            scale,
+            alpha,
+            **_estimator_keywords(kwargs),
+        )
+
+
+def _estimator_keywords(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Our keyword-only additions (``n0``, ``seed``, ...), refusing any other name."""
+    unknown = sorted(set(kwargs) - set(_ESTIMATOR_KEYWORDS))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument(s) {', '.join(unknown)}; besides ART's arguments these estimators "
+            f"take {', '.join(_ESTIMATOR_KEYWORDS)}"
+        )
+    return kwargs

@@ -1,0 +1,36 @@
+"""Fixtures of the training-method tests: the digits split, tiny models, one intra-op thread."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evaluations.data import Dataset, load_dataset
+
+
+def digits_mlp(seed: int = 0, flat: bool = False) -> torch.nn.Module:
+    """64 -> 32 -> 10 perceptron on the 8x8 digits (``flat``: on inputs of shape (64,))."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        layers = [torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)]
+        return torch.nn.Sequential(*([] if flat else [torch.nn.Flatten()]), *layers)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The models are tiny: a second thread gains nothing and slows a shared runner down."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def digits() -> Dataset:
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def make_mlp():
+    """Factory of fresh digits MLPs, ``make_mlp(seed=0, flat=False)``."""
+    return digits_mlp

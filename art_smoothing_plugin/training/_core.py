@@ -204,8 +204,9 @@ class TrainingMethod(abc.ABC):
 
     @property
     def noise_draws(self) -> int:
-        """Noise draws per input in one loss evaluation (m)."""
-        return 1
+        """Noise draws per input in one loss evaluation (m): the ``num_noise_vec`` hyper-parameter of the
+        methods that have one, else 1."""
+        return int(getattr(self, "num_noise_vec", 1))
 
     def params(self) -> dict[str, Any]:
         """The hyper-parameters, by name (what the constructor takes)."""

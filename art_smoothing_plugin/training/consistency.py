@@ -72,10 +72,6 @@ class Consistency(TrainingMethod):
         object.__setattr__(self, "lmbda", check_nonnegative_float("lmbda", self.lmbda))
         object.__setattr__(self, "eta", check_nonnegative_float("eta", self.eta))
 
-    @property
-    def noise_draws(self) -> int:
-        return self.num_noise_vec
-
     def batch_loss(
         self, context: TrainingContext, x: torch.Tensor, y: torch.Tensor, epoch: int
     ) -> torch.Tensor:

@@ -67,10 +67,6 @@ class SmoothAdv(TrainingMethod):
         check_int_at_least("num_noise_vec", self.num_noise_vec, 1)
         check_int_at_least("warmup", self.warmup, 1)
 
-    @property
-    def noise_draws(self) -> int:
-        return self.num_noise_vec
-
     def radius(self, epoch: int) -> float:
         """The adversary's radius in 0-based ``epoch`` (after warm-up, ``epsilon``)."""
         return self.epsilon * warmup_factor(epoch, self.warmup)

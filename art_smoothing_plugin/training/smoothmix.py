@@ -120,10 +120,6 @@ class SmoothMix(TrainingMethod):
             object.__setattr__(self, "maxnorm", check_positive_float("maxnorm", self.maxnorm))
         check_int_at_least("warmup", self.warmup, 1)
 
-    @property
-    def noise_draws(self) -> int:
-        return self.num_noise_vec
-
     def batch_loss(
         self, context: TrainingContext, x: torch.Tensor, y: torch.Tensor, epoch: int
     ) -> torch.Tensor:

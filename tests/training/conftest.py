@@ -1,4 +1,5 @@
-"""Fixtures of the training-method tests: the digits split, tiny models, one intra-op thread."""
+"""Fixtures of the training-method tests: the digits split and tiny models (one intra-op thread, as the
+root conftest sets for every test)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,6 @@ def digits_mlp(seed: int = 0, flat: bool = False) -> torch.nn.Module:
         torch.manual_seed(seed)
         layers = [torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)]
         return torch.nn.Sequential(*([] if flat else [torch.nn.Flatten()]), *layers)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The models are tiny: a second thread gains nothing and slows a shared runner down."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

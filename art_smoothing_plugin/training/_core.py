@@ -255,6 +255,13 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _dtype_of(model: torch.nn.Module) -> torch.dtype:
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
 def shuffled_batches(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -330,9 +337,7 @@ def train(
     if not isinstance(x, torch.Tensor):
         x = np.asarray(x, dtype=np.float32)
     check_batch(x, tuple(x.shape[1:]), clip_values, name="x")
-    x_t = torch.as_tensor(x, device=device)
-    if not x_t.is_floating_point():
-        x_t = x_t.float()
+    x_t = torch.as_tensor(x, device=device).to(_dtype_of(model))
     y_t = _labels(y, len(x_t), device)
     generator = generator if generator is not None else make_generator(seed, device)
     if shuffle_generator is None:

@@ -238,3 +238,18 @@ def test_training_data_is_checked_at_the_boundary(make_mlp, digits) -> None:
             optimizer=torch.optim.Adam(model.parameters()),
             progress=False,
         )
+
+
+def test_inputs_take_the_models_dtype(make_mlp, digits) -> None:
+    model = make_mlp()
+    history = train(
+        "gaussian",
+        model,
+        torch.as_tensor(digits.x_train[:64], dtype=torch.float64),
+        digits.y_train[:64].astype(np.float64),
+        sigma=0.25,
+        optimizer=torch.optim.Adam(model.parameters()),
+        nb_epochs=1,
+        progress=False,
+    )
+    assert len(history) == 1 and np.isfinite(history[0])

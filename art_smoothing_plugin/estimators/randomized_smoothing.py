@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,6 @@ from art.estimators.classification.pytorch import PyTorchClassifier
 from art.preprocessing.standardisation_mean_std.numpy import StandardisationMeanStd
 from art.preprocessing.standardisation_mean_std.pytorch import StandardisationMeanStdPyTorch
 from art.utils import check_and_transform_label_format
-from tqdm.auto import tqdm
 
 from .._validation import (
     check_input_shape,
@@ -31,6 +30,7 @@ from .._validation import (
 from ..classifiers.torch_module import check_logits
 from ..sampling import make_generator
 from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
+from ..training import TrainingContext, TrainingMethod, as_training_method, shuffled_batches, train_batches
 from ._smoothing_estimator import ATTACK_SLACK, SmoothingEstimatorMixin
 
 __all__ = ["RandomizedSmoothingClassifier"]
@@ -91,7 +91,11 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         ``compute_loss``) of the smoothed soft classifier (``True``) or of the base model (``False``); a
         call can override with ``sampling=``.
     :param batch_size: default number of noisy samples per forward pass in ``certify``.
-    :param verbose: show tqdm progress bars while sampling.
+    :param verbose: show tqdm progress bars while sampling and training.
+    :param training: how :meth:`fit` and :meth:`fit_generator` train: ``"gaussian"`` (Cohen's noise
+        augmentation, the default), ``"smoothadv"``, ``"macer"``, ``"consistency"``, ``"smoothmix"``, a
+        mapping ``{"method": name, **hyper_parameters}`` or a
+        :class:`~art_smoothing_plugin.training.TrainingMethod` (docs/training.md).
     """
 
     estimator_params = PyTorchClassifier.estimator_params + [
@@ -103,6 +107,7 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         "smoothed_gradients",
         "batch_size",
         "verbose",
+        "training",
     ]
 
     def __init__(
@@ -127,6 +132,7 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         smoothed_gradients: bool = True,
         batch_size: int = 1000,
         verbose: bool = False,
+        training: TrainingMethod | str | Mapping[str, Any] = "gaussian",
     ) -> None:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -155,6 +161,7 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         )
         self.smoothed_gradients = bool(smoothed_gradients)
         self.verbose = bool(verbose)
+        self.training = training
         self._start_smoother()
 
     # -- the base classifier on raw-unit inputs ------------------------------------------------------
@@ -283,35 +290,35 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         verbose: bool = False,
         **kwargs: Any,
     ) -> None:
-        """Train the base model with Gaussian noise augmentation at ``scale`` (Cohen's recipe): each batch
-        is ``x + N(0, scale^2 I)``, unclipped, in the units of ``x``; preprocessing is applied after."""
-        if self._optimizer is None:
-            raise ValueError("fit needs an optimizer: pass optimizer= to the constructor")
+        """Train the base model with the estimator's :attr:`training` method at noise level ``scale``
+        (default Gaussian noise augmentation, Cohen's recipe: each batch is ``x + N(0, scale^2 I)``). Noise
+        is unclipped, in the units of ``x``, from the estimator's noise stream (``seed`` fixes the run);
+        preprocessing is applied after it; ``clip_values`` bound the adversarial and mixed points of
+        SmoothAdv and SmoothMix. A tqdm bar per epoch when ``verbose``; the model is left in eval mode."""
+        nb_epochs = self._check_can_train(nb_epochs, "fit")
         batch_size = check_int_at_least("batch_size", batch_size, 1)
-        nb_epochs = check_int_at_least("nb_epochs", nb_epochs, 0)
         x_t = self._to_tensor(x)
         y_t = self._labels_tensor(check_and_transform_label_format(y, nb_classes=self.nb_classes), len(x_t))
-        noise = self.smoother.generator(self._device)
         shuffle_generator = make_generator(None if self._seed is None else self._seed + 1, "cpu")
-        self.model.train(mode=training_mode)
-        for _ in tqdm(range(nb_epochs), disable=not (verbose or self.verbose), desc="epochs"):
-            order = torch.randperm(len(x_t), generator=shuffle_generator).to(self._device)
-            for start in range(0, len(x_t), batch_size):
-                index = order[start : start + batch_size]
-                if drop_last and len(index) < batch_size:
-                    break
-                self._train_step(x_t.index_select(0, index), y_t.index_select(0, index), noise)
-            if scheduler is not None:
-                scheduler.step()
-        self.model.eval()
+        batches, per_epoch = shuffled_batches(x_t, y_t, batch_size, shuffle_generator, drop_last)
+        train_batches(
+            self._training,
+            self._training_context(training_mode),
+            self._optimizer,
+            batches,
+            nb_epochs=nb_epochs,
+            batches_per_epoch=per_epoch,
+            scheduler=scheduler,
+            progress=verbose or self.verbose,
+        )
 
     def fit_generator(
         self, generator: Any, nb_epochs: int = 20, verbose: bool = False, **kwargs: Any
     ) -> None:
-        """Train the base model on the batches of an ART ``DataGenerator`` with Gaussian noise augmentation,
-        exactly as :meth:`fit` does: each batch is ``x + N(0, scale^2 I)``, unclipped, in the units of
-        ``x``, from the estimator's noise stream; preprocessing is applied after. An epoch is one pass
-        over a ``PyTorchDataGenerator``'s data loader, else ``ceil(size / batch_size)`` batches.
+        """Train the base model on the batches of an ART ``DataGenerator`` exactly as :meth:`fit` does, with
+        the estimator's :attr:`training` method: the same noise (always added, in the units of ``x``, from
+        the estimator's noise stream), the same warm-ups (the epoch is kept). An epoch is one pass over a
+        ``PyTorchDataGenerator``'s data loader, else ``ceil(size / batch_size)`` batches.
 
         :param training_mode: ``True`` (default) trains in train mode; the model is left in eval mode.
         """
@@ -322,39 +329,78 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
                 "generator must be an ART DataGenerator yielding (x, y) batches, got "
                 f"{type(generator).__name__}"
             )
-        if self._optimizer is None:
-            raise ValueError("fit_generator needs an optimizer: pass optimizer= to the constructor")
-        nb_epochs = check_int_at_least("nb_epochs", nb_epochs, 0)
-        noise = self.smoother.generator(self._device)
-        self.model.train(mode=bool(kwargs.get("training_mode", True)))
-        for _ in tqdm(range(nb_epochs), disable=not (verbose or self.verbose), desc="epochs"):
+        nb_epochs = self._check_can_train(nb_epochs, "fit_generator")
+
+        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
             if isinstance(generator, PyTorchDataGenerator):
-                batches = iter(generator.iterator)
+                source = iter(generator.iterator)
             else:
-                batches = (
+                source = (
                     generator.get_batch() for _ in range(math.ceil(generator.size / generator.batch_size))
                 )
-            for batch in batches:
+            for batch in source:
                 x_batch, y_batch = (
                     b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else b for b in batch
                 )
                 x_t = self._to_tensor(x_batch)
-                y_t = self._labels_tensor(
-                    check_and_transform_label_format(y_batch, self.nb_classes), len(x_t)
+                yield (
+                    x_t,
+                    self._labels_tensor(check_and_transform_label_format(y_batch, self.nb_classes), len(x_t)),
                 )
-                self._train_step(x_t, y_t, noise)
-        self.model.eval()
 
-    def _train_step(self, clean: torch.Tensor, labels: torch.Tensor, noise: torch.Generator) -> None:
-        """One optimiser step of Cohen's recipe on a batch: the loss of the base model at
-        ``clean + N(0, scale^2 I)`` (preprocessing applied after the noise)."""
-        noisy = clean + self._scale * torch.randn(
-            clean.shape, generator=noise, device=self._device, dtype=clean.dtype
+        per_epoch = None
+        if not isinstance(generator, PyTorchDataGenerator):
+            per_epoch = math.ceil(generator.size / generator.batch_size)
+        train_batches(
+            self._training,
+            self._training_context(bool(kwargs.get("training_mode", True))),
+            self._optimizer,
+            batches,
+            nb_epochs=nb_epochs,
+            batches_per_epoch=per_epoch,
+            progress=verbose or self.verbose,
         )
-        loss = self._loss(self._base_logits(noisy, fit=True), labels)
-        self._optimizer.zero_grad()
-        loss.backward()
-        self._optimizer.step()
+
+    def _check_can_train(self, nb_epochs: int, caller: str) -> int:
+        if self._optimizer is None:
+            raise ValueError(f"{caller} needs an optimizer: pass optimizer= to the constructor")
+        nb_epochs = check_int_at_least("nb_epochs", nb_epochs, 0)
+        self._training.check_schedule(nb_epochs)
+        return nb_epochs
+
+    def _training_context(self, training_mode: bool) -> TrainingContext:
+        """The model as the training methods see it: raw-unit inputs in the core's (channels-first) layout,
+        moved back to the user's layout and preprocessed (fit mode) after the noise, exactly as
+        ``_base_logits(z, fit=True)``; the estimator's noise stream, ``clip_values`` (in the core's layout)
+        and loss."""
+        clip_values = self.clip_values
+        if (
+            clip_values is not None
+            and self._moves_channels
+            and np.ndim(clip_values[0]) == len(self.input_shape)
+        ):
+            clip_values = tuple(np.moveaxis(np.asarray(bound), -1, 0) for bound in clip_values)
+        return TrainingContext(
+            self.model,
+            self._scale,
+            self.smoother.generator(self._device),
+            preprocess=lambda z: self._preprocess_tensor(self._to_user_layout(z), fit=True),
+            clip_values=clip_values,
+            criterion=self._loss,
+            num_classes=self.nb_classes,
+            training_mode=training_mode,
+        )
+
+    @property
+    def training(self) -> TrainingMethod:
+        """How :meth:`fit` and :meth:`fit_generator` train the base model: a
+        :class:`~art_smoothing_plugin.training.TrainingMethod` (set a name such as ``"smoothadv"``, a
+        mapping ``{"method": name, **hyper_parameters}`` or a method; see docs/training.md)."""
+        return self._training
+
+    @training.setter
+    def training(self, value: TrainingMethod | str | Mapping[str, Any]) -> None:
+        self._training = as_training_method(value)
 
     # -- gradients (the shared methods in SmoothingEstimatorMixin act on the smoothed soft classifier) ---
     def _gradient_logits(self, what: str) -> Callable[[torch.Tensor], torch.Tensor]:

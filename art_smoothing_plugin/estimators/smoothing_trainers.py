@@ -3,9 +3,10 @@
 
 Each takes its ART class's constructor arguments under the same names, with the same defaults and meaning,
 and is a :class:`RandomizedSmoothingClassifier` in every other way (PREDICT, CERTIFY, gradients of the
-smoothed classifier, ``get_params`` / ``set_params`` / ``clone_for_refitting``). ``fit`` and
-``fit_generator`` train with the method of :mod:`art_smoothing_plugin.training`, without ART 1.20.1's
-defects (docs/training.md lists each difference and why):
+smoothed classifier, ``get_params`` / ``set_params`` / ``clone_for_refitting``): a
+``RandomizedSmoothingClassifier`` whose ``training`` is its method of :mod:`art_smoothing_plugin.training`,
+which ``fit`` and ``fit_generator`` use, without ART 1.20.1's defects (docs/training.md lists each
+difference and why):
 
 * SmoothAdv: the adversary is L2 PGD on the smoothed soft classifier over the ``num_noise_vec`` draws used
   for training (ART: L-infinity PGD on the base model), its steps accumulate (ART restarts each step from
@@ -19,25 +20,12 @@ defects (docs/training.md lists each difference and why):
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Iterator
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
-from art.utils import check_and_transform_label_format
 
-from .._validation import check_int_at_least
-from ..sampling import make_generator
-from ..training import (
-    MACER,
-    SmoothAdv,
-    SmoothMix,
-    TrainingContext,
-    TrainingMethod,
-    shuffled_batches,
-    train_batches,
-)
+from ..training import MACER, SmoothAdv, SmoothMix, TrainingMethod, as_training_method
 from .randomized_smoothing import RandomizedSmoothingClassifier
 
 __all__ = ["MACERClassifier", "SmoothAdvClassifier", "SmoothMixClassifier"]
@@ -48,113 +36,36 @@ def _hyper_parameter(name: str) -> property:
     builds a new method, so a bad value is refused (naming it) and the old one kept."""
 
     def get(self: _MethodTrainedClassifier) -> Any:
-        return getattr(self._training_method, name)
+        return getattr(self.training, name)
 
     def set_(self: _MethodTrainedClassifier, value: Any) -> None:
-        self._training_method = dataclasses.replace(self._training_method, **{name: value})
+        self.training = dataclasses.replace(self.training, **{name: value})
 
-    return property(get, set_, doc=f"The training method's ``{name}`` (see :attr:`training_method`).")
+    return property(get, set_, doc=f"The training method's ``{name}`` (see :attr:`training`).")
 
 
 class _MethodTrainedClassifier(RandomizedSmoothingClassifier):
-    """A randomized smoothing estimator whose ``fit`` and ``fit_generator`` train with one method."""
+    """A randomized smoothing estimator whose :attr:`training` is always one method (its class's)."""
 
-    _training_method: TrainingMethod
+    _method: type[TrainingMethod]
 
     @property
-    def training_method(self) -> TrainingMethod:
+    def training(self) -> TrainingMethod:
         """The method ``fit`` and ``fit_generator`` train with, built from the hyper-parameters."""
-        return self._training_method
+        return self._training
 
-    def _context(self, training_mode: bool) -> TrainingContext:
-        return TrainingContext(
-            self.model,
-            self._scale,
-            self.smoother.generator(self._device),
-            preprocess=lambda z: self._preprocess_tensor(z, fit=True),
-            clip_values=self.clip_values,
-            criterion=self._loss,
-            num_classes=self.nb_classes,
-            training_mode=training_mode,
-        )
-
-    def _check_can_train(self, nb_epochs: int) -> int:
-        if self._optimizer is None:
-            raise ValueError("fit needs an optimizer: pass optimizer= to the constructor")
-        nb_epochs = check_int_at_least("nb_epochs", nb_epochs, 0)
-        self._training_method.check_schedule(nb_epochs)
-        return nb_epochs
-
-    def fit(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        batch_size: int = 128,
-        nb_epochs: int = 10,
-        training_mode: bool = True,
-        drop_last: bool = False,
-        scheduler: Any = None,
-        verbose: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """Train the base model with :attr:`training_method` at noise level ``scale`` (noise in the units of
-        ``x``, preprocessing after it), ``batch_size`` inputs per batch, a tqdm bar per epoch when
-        ``verbose``. The estimator's ``seed`` fixes the run."""
-        nb_epochs = self._check_can_train(nb_epochs)
-        batch_size = check_int_at_least("batch_size", batch_size, 1)
-        x_t = self._to_tensor(x)
-        y_t = self._labels_tensor(check_and_transform_label_format(y, nb_classes=self.nb_classes), len(x_t))
-        shuffle_generator = make_generator(None if self._seed is None else self._seed + 1, "cpu")
-        batches, per_epoch = shuffled_batches(x_t, y_t, batch_size, shuffle_generator, drop_last)
-        train_batches(
-            self._training_method,
-            self._context(training_mode),
-            self._optimizer,
-            batches,
-            nb_epochs=nb_epochs,
-            batches_per_epoch=per_epoch,
-            scheduler=scheduler,
-            progress=verbose or self.verbose,
-        )
-
-    def fit_generator(
-        self, generator: Any, nb_epochs: int = 20, verbose: bool = False, **kwargs: Any
-    ) -> None:
-        """Train as :meth:`fit` does, on the batches of an ART ``DataGenerator`` (each epoch draws
-        ``ceil(size / batch_size)`` batches; a ``PyTorchDataGenerator`` is iterated once per epoch)."""
-        from art.data_generators import PyTorchDataGenerator
-
-        nb_epochs = self._check_can_train(nb_epochs)
-
-        def as_tensors(x_batch: Any, y_batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            x_t = self._to_tensor(x_batch)
-            y_np = (
-                y_batch.detach().cpu().numpy() if isinstance(y_batch, torch.Tensor) else np.asarray(y_batch)
+    @training.setter
+    def training(self, value: TrainingMethod | str | Mapping[str, Any]) -> None:
+        method = as_training_method(value)
+        if not isinstance(method, self._method):
+            raise ValueError(
+                f"{type(self).__name__} trains with {self._method.__name__}; got training={method!r}. Use "
+                "RandomizedSmoothingClassifier(training=...) for another method"
             )
-            return x_t, self._labels_tensor(y_np, len(x_t))
-
-        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            if isinstance(generator, PyTorchDataGenerator):
-                for x_batch, y_batch in generator.iterator:
-                    yield as_tensors(x_batch, y_batch)
-                return
-            for _ in range(math.ceil(generator.size / generator.batch_size)):
-                yield as_tensors(*generator.get_batch())
-
-        per_epoch = None
-        if not isinstance(generator, PyTorchDataGenerator):
-            per_epoch = math.ceil(generator.size / generator.batch_size)
-        train_batches(
-            self._training_method,
-            self._context(True),
-            self._optimizer,
-            batches,
-            nb_epochs=nb_epochs,
-            batches_per_epoch=per_epoch,
-            progress=verbose or self.verbose,
-        )
+        self._training = method
 
 
+#: The keyword-only arguments of RandomizedSmoothingClassifier the drop-ins pass on (``training`` is theirs).
 _ESTIMATOR_KEYWORDS = ("n0", "seed", "smoothed_gradients", "batch_size", "verbose")
 
 
@@ -170,6 +81,7 @@ class SmoothAdvClassifier(_MethodTrainedClassifier):
     The other arguments are :class:`RandomizedSmoothingClassifier`'s.
     """
 
+    _method = SmoothAdv
     estimator_params = RandomizedSmoothingClassifier.estimator_params + [
         "epsilon",
         "num_noise_vec",
@@ -203,9 +115,7 @@ class SmoothAdvClassifier(_MethodTrainedClassifier):
         warmup: int = 1,
         **kwargs: Any,
     ) -> None:
-        self._training_method = SmoothAdv(
-            epsilon=epsilon, num_noise_vec=num_noise_vec, num_steps=num_steps, warmup=warmup
-        )
+        method = SmoothAdv(epsilon=epsilon, num_noise_vec=num_noise_vec, num_steps=num_steps, warmup=warmup)
         super().__init__(
             model,
             loss,
@@ -221,6 +131,7 @@ class SmoothAdvClassifier(_MethodTrainedClassifier):
             sample_size,
             scale,
             alpha,
+            training=method,
             **_estimator_keywords(kwargs),
         )
 
@@ -237,6 +148,7 @@ class MACERClassifier(_MethodTrainedClassifier):
     The other arguments are :class:`RandomizedSmoothingClassifier`'s.
     """
 
+    _method = MACER
     estimator_params = RandomizedSmoothingClassifier.estimator_params + [
         "beta",
         "gamma",
@@ -270,7 +182,7 @@ class MACERClassifier(_MethodTrainedClassifier):
         gaussian_samples: int = 16,
         **kwargs: Any,
     ) -> None:
-        self._training_method = MACER(gaussian_samples=gaussian_samples, beta=beta, gamma=gamma, lmbda=lmbda)
+        method = MACER(gaussian_samples=gaussian_samples, beta=beta, gamma=gamma, lmbda=lmbda)
         super().__init__(
             model,
             loss,
@@ -286,6 +198,7 @@ class MACERClassifier(_MethodTrainedClassifier):
             sample_size,
             scale,
             alpha,
+            training=method,
             **_estimator_keywords(kwargs),
         )
 
@@ -308,6 +221,7 @@ class SmoothMixClassifier(_MethodTrainedClassifier):
     probability of ``certify`` and ``predict_labels``.
     """
 
+    _method = SmoothMix
     estimator_params = RandomizedSmoothingClassifier.estimator_params + [
         "eta",
         "num_noise_vec",
@@ -354,7 +268,7 @@ class SmoothMixClassifier(_MethodTrainedClassifier):
         step_size: float = 1.0,
         **kwargs: Any,
     ) -> None:
-        self._training_method = SmoothMix(
+        method = SmoothMix(
             num_noise_vec=num_noise_vec,
             num_steps=num_steps,
             step_size=step_size,
@@ -379,6 +293,7 @@ class SmoothMixClassifier(_MethodTrainedClassifier):
             sample_size,
             scale,
             alpha,
+            training=method,
             **_estimator_keywords(kwargs),
         )
 

@@ -21,7 +21,15 @@ from art_smoothing_plugin import (
     SmoothAdvClassifier,
     SmoothMixClassifier,
 )
-from art_smoothing_plugin.training import MACER, SmoothAdv, SmoothMix, train
+from art_smoothing_plugin.training import (
+    MACER,
+    SmoothAdv,
+    SmoothMix,
+    TrainingContext,
+    as_training_method,
+    train,
+    train_batches,
+)
 
 PAIRS = [
     (PyTorchSmoothAdv, SmoothAdvClassifier),
@@ -99,7 +107,7 @@ def test_get_params_and_clone_for_refitting_round_trip(ours, make_mlp, digits) -
     for name in params:
         if name not in ("model", "optimizer", "clip_values", "preprocessing", "loss"):
             assert cloned[name] == params[name], name
-    assert clone.training_method == estimator.training_method
+    assert clone.training == estimator.training
     assert clone.model is not estimator.model
     clone.fit(digits.x_train[:64], digits.y_train[:64], batch_size=32, nb_epochs=1)
 
@@ -147,7 +155,7 @@ def test_bad_hyper_parameters_are_refused_in_the_constructor_and_set_params(
 def test_fit_trains_with_the_method_of_the_same_hyper_parameters(ours, method, make_mlp, digits) -> None:
     x, y = digits.x_train[:256], digits.y_train[:256]
     estimator = build(ours, make_mlp(seed=2), **CHEAP[ours])
-    assert estimator.training_method == method
+    assert estimator.training == method
     estimator.fit(x, np.eye(10, dtype=np.float32)[y], batch_size=64, nb_epochs=2)  # ART passes one-hot labels
     model = make_mlp(seed=2)
     train(
@@ -196,9 +204,7 @@ def test_fit_generator_adds_noise_and_warms_up_like_fit(make_mlp, digits) -> Non
         SmoothAdvClassifier, make_mlp(seed=2), epsilon=0.5, num_noise_vec=2, num_steps=2, warmup=2
     )
     model = reference.model
-    method = reference.training_method
-    from art_smoothing_plugin.training import TrainingContext, train_batches
-
+    method = reference.training
     context = TrainingContext(
         model, 0.25, reference.smoother.generator(torch.device("cpu")), clip_values=(0.0, 1.0)
     )
@@ -261,3 +267,76 @@ def test_predict_and_certify_as_arts_tests_expect(ours, make_mlp, digits) -> Non
     assert labels.shape == radii.shape == (50,)
     assert ((labels >= -1) & (labels < 10)).all()
     assert (radii < 1).all() and (radii[labels >= 0] > 0).all()
+
+
+# -- any method through RandomizedSmoothingClassifier(training=...) -----------------------------------------
+@pytest.mark.parametrize(
+    "training",
+    [
+        "consistency",
+        {"method": "smoothadv", "epsilon": 0.5, "num_steps": 2, "num_noise_vec": 2, "warmup": 2},
+        MACER(gaussian_samples=4, lmbda=2.0),
+    ],
+)
+def test_fit_and_fit_generator_train_with_the_estimators_method(training, make_mlp, digits) -> None:
+    x, y = digits.x_train[:128], digits.y_train[:128]
+    method = as_training_method(training)
+    estimator = build(RandomizedSmoothingClassifier, make_mlp(seed=2), training=training)
+    assert estimator.training == method and estimator.get_params()["training"] == method
+    estimator.fit(x, y, batch_size=64, nb_epochs=2)
+    model = make_mlp(seed=2)
+    train(
+        method,
+        model,
+        x,
+        y,
+        sigma=0.25,
+        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        nb_epochs=2,
+        batch_size=64,
+        clip_values=(0.0, 1.0),
+        seed=0,
+        progress=False,
+    )
+    for a, b in zip(weights(estimator.model), weights(model), strict=True):
+        torch.testing.assert_close(a, b)
+    # fit_generator on the same batches in the same order trains the same weights
+    by_generator = build(RandomizedSmoothingClassifier, make_mlp(seed=2), training=training)
+
+    class Replay(NumpyDataGenerator):
+        """Yields the batches ``fit`` drew: each epoch's order from the shuffling generator (seed + 1)."""
+
+        def __init__(self) -> None:
+            super().__init__(x, y, batch_size=64)
+            shuffle = torch.Generator().manual_seed(1)
+            orders = [torch.randperm(128, generator=shuffle).numpy() for _ in range(2)]
+            self.batches = [order[start : start + 64] for order in orders for start in (0, 64)]
+
+        def get_batch(self):
+            index = self.batches.pop(0)
+            return x[index], y[index]
+
+    by_generator.fit_generator(Replay(), nb_epochs=2)
+    for a, b in zip(weights(by_generator.model), weights(estimator.model), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_training_round_trips_and_is_validated(make_mlp) -> None:
+    estimator = build(RandomizedSmoothingClassifier, make_mlp())
+    assert estimator.training == as_training_method("gaussian")
+    estimator.set_params(training={"method": "smoothmix", "num_steps": 2, "warmup": 1})
+    clone = estimator.clone_for_refitting()
+    assert clone.training == SmoothMix(num_steps=2, warmup=1)
+    with pytest.raises(ValueError, match="unknown training method 'madry'; choose one of gaussian"):
+        estimator.set_params(training="madry")
+    with pytest.raises(ValueError, match="unknown training method"):
+        build(RandomizedSmoothingClassifier, make_mlp(), training="madry")
+    assert estimator.training == SmoothMix(num_steps=2, warmup=1)
+    with pytest.raises(ValueError, match="warmup=10 epochs is longer than the training"):
+        build(RandomizedSmoothingClassifier, make_mlp(), training="smoothadv").fit(
+            np.zeros((4, 1, 8, 8), np.float32), np.zeros(4, np.int64), nb_epochs=2
+        )
+    # a drop-in keeps its own method
+    dropin = build(SmoothAdvClassifier, make_mlp())
+    with pytest.raises(ValueError, match="SmoothAdvClassifier trains with SmoothAdv"):
+        dropin.set_params(training="gaussian")

@@ -340,3 +340,56 @@ def test_training_round_trips_and_is_validated(make_mlp) -> None:
     dropin = build(SmoothAdvClassifier, make_mlp())
     with pytest.raises(ValueError, match="SmoothAdvClassifier trains with SmoothAdv"):
         dropin.set_params(training="gaussian")
+
+
+class _ChannelsLast(torch.nn.Module):
+    """A channels-first network taking channels-last batches."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.inner(z.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("training", ["smoothadv", "smoothmix"])
+def test_channels_last_training_with_adversaries_gives_the_channels_first_weights(training) -> None:
+    # Per-feature clip_values bound the adversarial points in each run's own layout.
+    x_first = np.random.default_rng(1).random((32, 3, 4, 4), dtype=np.float32)
+    y = np.arange(32) % 3
+    low = np.zeros((3, 4, 4), np.float32)
+    high = np.full((3, 4, 4), 1.0, np.float32)
+    high[0] = 0.99  # one channel bounded lower, so the layout of the bounds matters
+    x_first = np.minimum(x_first, high)
+    method = {"method": training, "num_steps": 2, "warmup": 1, "num_noise_vec": 2}
+    weights_of_runs = []
+    for channels_first in (True, False):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(2)
+            model = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 4, 3, padding=1),
+                torch.nn.ReLU(),
+                torch.nn.Flatten(),
+                torch.nn.Linear(64, 3),
+            )
+        layout = (lambda a: a) if channels_first else (lambda a: np.moveaxis(a, 0, -1))
+        estimator = RandomizedSmoothingClassifier(
+            model if channels_first else _ChannelsLast(model),
+            torch.nn.CrossEntropyLoss(),
+            (3, 4, 4) if channels_first else (4, 4, 3),
+            3,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            channels_first=channels_first,
+            clip_values=(layout(low), layout(high)),
+            device_type="cpu",
+            scale=0.25,
+            seed=7,
+            training=method,
+        )
+        estimator.fit(
+            x_first if channels_first else x_first.transpose(0, 2, 3, 1), y, batch_size=8, nb_epochs=2
+        )
+        weights_of_runs.append(weights(model))
+    for a, b in zip(*weights_of_runs, strict=True):
+        torch.testing.assert_close(a, b)

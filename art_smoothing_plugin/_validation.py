@@ -11,24 +11,22 @@ import numpy as np
 import torch
 
 
-def check_positive_float(name: str, value: Any) -> float:
+def _finite_float(name: str, value: Any, expected: str, accept: Any) -> float:
     try:
         as_float = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive number, got {value!r}") from None
-    if not math.isfinite(as_float) or as_float <= 0:
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
+        raise ValueError(f"{name} must be {expected}, got {value!r}") from None
+    if not math.isfinite(as_float) or not accept(as_float):
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
     return as_float
+
+
+def check_positive_float(name: str, value: Any) -> float:
+    return _finite_float(name, value, "a positive, finite number", lambda v: v > 0)
 
 
 def check_nonnegative_float(name: str, value: Any) -> float:
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
-    if not math.isfinite(as_float) or as_float < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return as_float
+    return _finite_float(name, value, "a finite number >= 0", lambda v: v >= 0)
 
 
 def check_probability(name: str, value: Any) -> float:

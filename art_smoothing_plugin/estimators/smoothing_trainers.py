@@ -20,6 +20,7 @@ difference and why):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,8 +66,17 @@ class _MethodTrainedClassifier(RandomizedSmoothingClassifier):
         self._training = method
 
 
+#: ART's arguments of RandomizedSmoothingClassifier, ``model`` to ``alpha``: every drop-in takes them first,
+#: under the same names, and passes them on as they are.
+_PARAMETERS = list(inspect.signature(RandomizedSmoothingClassifier.__init__).parameters)
+_BASE_ARGUMENTS = tuple(_PARAMETERS[1 : _PARAMETERS.index("alpha") + 1])
 #: The keyword-only arguments of RandomizedSmoothingClassifier the drop-ins pass on (``training`` is theirs).
 _ESTIMATOR_KEYWORDS = ("n0", "seed", "smoothed_gradients", "batch_size", "verbose")
+
+
+def _base_arguments(arguments: dict[str, Any]) -> list[Any]:
+    """The values of ``_BASE_ARGUMENTS`` among a drop-in constructor's ``locals()``, in order."""
+    return [arguments[name] for name in _BASE_ARGUMENTS]
 
 
 class SmoothAdvClassifier(_MethodTrainedClassifier):
@@ -116,24 +126,7 @@ class SmoothAdvClassifier(_MethodTrainedClassifier):
         **kwargs: Any,
     ) -> None:
         method = SmoothAdv(epsilon=epsilon, num_noise_vec=num_noise_vec, num_steps=num_steps, warmup=warmup)
-        super().__init__(
-            model,
-            loss,
-            input_shape,
-            nb_classes,
-            optimizer,
-            channels_first,
-            clip_values,
-            preprocessing_defences,
-            postprocessing_defences,
-            preprocessing,
-            device_type,
-            sample_size,
-            scale,
-            alpha,
-            training=method,
-            **_estimator_keywords(kwargs),
-        )
+        super().__init__(*_base_arguments(locals()), training=method, **_estimator_keywords(kwargs))
 
 
 class MACERClassifier(_MethodTrainedClassifier):
@@ -183,24 +176,7 @@ class MACERClassifier(_MethodTrainedClassifier):
         **kwargs: Any,
     ) -> None:
         method = MACER(gaussian_samples=gaussian_samples, beta=beta, gamma=gamma, lmbda=lmbda)
-        super().__init__(
-            model,
-            loss,
-            input_shape,
-            nb_classes,
-            optimizer,
-            channels_first,
-            clip_values,
-            preprocessing_defences,
-            postprocessing_defences,
-            preprocessing,
-            device_type,
-            sample_size,
-            scale,
-            alpha,
-            training=method,
-            **_estimator_keywords(kwargs),
-        )
+        super().__init__(*_base_arguments(locals()), training=method, **_estimator_keywords(kwargs))
 
 
 class SmoothMixClassifier(_MethodTrainedClassifier):
@@ -278,24 +254,7 @@ class SmoothMixClassifier(_MethodTrainedClassifier):
             maxnorm=maxnorm,
             warmup=warmup,
         )
-        super().__init__(
-            model,
-            loss,
-            input_shape,
-            nb_classes,
-            optimizer,
-            channels_first,
-            clip_values,
-            preprocessing_defences,
-            postprocessing_defences,
-            preprocessing,
-            device_type,
-            sample_size,
-            scale,
-            alpha,
-            training=method,
-            **_estimator_keywords(kwargs),
-        )
+        super().__init__(*_base_arguments(locals()), training=method, **_estimator_keywords(kwargs))
 
 
 def _estimator_keywords(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,27 @@ def weights(model: torch.nn.Module) -> list[torch.Tensor]:
     return [tensor.detach().clone() for tensor in model.state_dict().values()]
 
 
+def assert_trained_as_by_train(estimator, method, x, y, model: torch.nn.Module) -> None:
+    """The estimator's model has the weights ``train(method, ...)`` gives a fresh copy of it, with the
+    settings of ``build`` (sigma 0.25, Adam 1e-2, seed 0, batches of 64, two epochs)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    train(
+        method,
+        model,
+        x,
+        y,
+        sigma=0.25,
+        optimizer=optimizer,
+        nb_epochs=2,
+        batch_size=64,
+        clip_values=(0.0, 1.0),
+        seed=0,
+        progress=False,
+    )
+    for a, b in zip(weights(estimator.model), weights(model), strict=True):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize(("art_class", "ours"), PAIRS)
 def test_constructor_takes_arts_arguments_in_arts_order_with_arts_defaults(art_class, ours) -> None:
     art_parameters = inspect.signature(art_class.__init__).parameters
@@ -157,22 +178,7 @@ def test_fit_trains_with_the_method_of_the_same_hyper_parameters(ours, method, m
     estimator = build(ours, make_mlp(seed=2), **CHEAP[ours])
     assert estimator.training == method
     estimator.fit(x, np.eye(10, dtype=np.float32)[y], batch_size=64, nb_epochs=2)  # ART passes one-hot labels
-    model = make_mlp(seed=2)
-    train(
-        method,
-        model,
-        x,
-        y,
-        sigma=0.25,
-        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
-        nb_epochs=2,
-        batch_size=64,
-        clip_values=(0.0, 1.0),
-        seed=0,
-        progress=False,
-    )
-    for a, b in zip(weights(estimator.model), weights(model), strict=True):
-        torch.testing.assert_close(a, b)
+    assert_trained_as_by_train(estimator, method, x, y, make_mlp(seed=2))
 
 
 def test_smoothmix_alpha_is_not_the_pgd_step(make_mlp, digits) -> None:
@@ -284,22 +290,7 @@ def test_fit_and_fit_generator_train_with_the_estimators_method(training, make_m
     estimator = build(RandomizedSmoothingClassifier, make_mlp(seed=2), training=training)
     assert estimator.training == method and estimator.get_params()["training"] == method
     estimator.fit(x, y, batch_size=64, nb_epochs=2)
-    model = make_mlp(seed=2)
-    train(
-        method,
-        model,
-        x,
-        y,
-        sigma=0.25,
-        optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
-        nb_epochs=2,
-        batch_size=64,
-        clip_values=(0.0, 1.0),
-        seed=0,
-        progress=False,
-    )
-    for a, b in zip(weights(estimator.model), weights(model), strict=True):
-        torch.testing.assert_close(a, b)
+    assert_trained_as_by_train(estimator, method, x, y, make_mlp(seed=2))
     # fit_generator on the same batches in the same order trains the same weights
     by_generator = build(RandomizedSmoothingClassifier, make_mlp(seed=2), training=training)
 

@@ -25,7 +25,6 @@ __all__ = [
     "SCHEMA",
     "ConfigError",
     "Key",
-    "config_hash",
     "describe_schema",
     "load_config_file",
     "parse_override",
@@ -202,13 +201,13 @@ def _architectures() -> tuple[str, ...]:
 
 
 def _defence_names() -> tuple[str, ...]:
-    from .defences import DEFENCE_KINDS
+    from .registry import DEFENCE_KINDS
 
     return tuple(DEFENCE_KINDS)
 
 
 def _attack_names() -> tuple[str, ...]:
-    from .attacks import ATTACKS
+    from .registry import ATTACKS
 
     return tuple(ATTACKS)
 
@@ -494,14 +493,6 @@ _MNIST5K = _merged(
 PRESETS: dict[str, dict[str, Any]] = {"quick": _QUICK, "mnist5k": _MNIST5K}
 
 
-def config_hash(part: Any, length: int = 16) -> str:
-    """A stable hash of a JSON-able configuration part (keys sorted): the cache and checkpoint key."""
-    import hashlib
-
-    blob = json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a JSON (``.json``) or TOML (``.toml``) config file into a mapping."""
     path = Path(path)
@@ -579,7 +570,7 @@ def _cross_checks(config: dict[str, Any]) -> None:
     if model["std"] is not None and min(model["std"]) <= 0:
         raise ConfigError("model.std", "positive numbers", model["std"])
     if model["module"]:
-        from .defences import DEFENCE_KINDS
+        from .registry import DEFENCE_KINDS
 
         trained = [d for d in config["defences"]["enabled"] if DEFENCE_KINDS[d].trains_classifier]
         if trained:
@@ -659,7 +650,7 @@ def resolve_config(
         config.setdefault(section, {})[key] = value
         explicit_defences |= (section, key) == ("defences", "enabled")
     if "defences" in config and isinstance(config["defences"].get("enabled"), list):
-        from .defences import DEFENCE_KINDS
+        from .registry import DEFENCE_KINDS
 
         enabled = config["defences"]["enabled"]
         missing = [d for d in enabled if d in DEFENCE_KINDS and not DEFENCE_KINDS[d].available()]

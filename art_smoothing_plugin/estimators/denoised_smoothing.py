@@ -80,6 +80,7 @@ class DenoisedClassifierModule(torch.nn.Module):
         self.train(False)
 
     def train(self, mode: bool = True) -> DenoisedClassifierModule:
+        """Set the module's own flag only: the classifier and denoiser stay in eval mode."""
         self.training = bool(mode)
         for child in self.children():
             child.eval()
@@ -310,6 +311,7 @@ class DenoisedSmoothingClassifier(
     # -- parameters --------------------------------------------------------------------------------------
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input, without the batch dimension."""
         return self._input_shape
 
     @property

@@ -252,7 +252,11 @@ def certify_adaptive(
         > ``n0``. ``max_samples = n0 + n`` ends, for undecided inputs, with the ``n`` of fixed CERTIFY.
     :param tolerance: the radius gain worth sampling for (mode ``"budget"``); > 0.
     :param alpha: the probability that a returned certificate is wrong, per input.
-    :param first_look, growth, final_share: the fixed schedule of looks and the alpha split.
+    :param first_look: estimation samples at the first look (the schedule of looks,
+        :func:`~art_smoothing_plugin.statistics.sequential_looks`, is fixed in advance).
+    :param growth: factor between the sample counts of consecutive looks.
+    :param final_share: the share of ``alpha`` spent at the last look (the rest split equally over the
+        earlier looks).
     :param generator: the noise generator (default the smoother's own stream).
     :returns: a :class:`CertificationResult` whose ``p_lower``/``radii`` are sound at the stopping time,
         ``samples_used`` counts the forward passes per input (``n0`` included), ``n`` is the estimation

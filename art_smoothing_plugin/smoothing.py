@@ -62,6 +62,7 @@ class CertificationResult:
 
     @property
     def abstained(self) -> np.ndarray:
+        """Boolean mask: the inputs where CERTIFY abstained (label ``-1``)."""
         return self.labels == ABSTAIN
 
     def certified_at(self, radius: float, y_true: np.ndarray | None = None) -> np.ndarray:
@@ -126,6 +127,7 @@ class Smoother:
         self._generators.clear()
 
     def generator(self, device: torch.device) -> torch.Generator:
+        """The noise stream on ``device`` (one per device, created from the seed on first use)."""
         key = str(device)
         if key not in self._generators:
             self._generators[key] = make_generator(self._seed, device)

@@ -108,10 +108,11 @@ def _run(args: argparse.Namespace) -> int:
         print(dry_run(config, cache_dir=args.cache_dir))
         return 0
     from .pipeline import Pipeline
+    from .report import run_and_report
 
     pipeline = Pipeline(config, out, cache_dir=args.cache_dir, progress=not args.no_progress)
     pipeline.prepare()
-    pipeline.run()
+    run_and_report(pipeline)
     print(f"report: {out / 'report.md'}")
     return 0
 

@@ -17,8 +17,12 @@ import numpy as np
 import torch
 
 from .attacks import build_attacks
-from .defences import DEFENCE_KINDS, attack_points
+from .data import load_dataset
+from .defences import attack_points
 from .models import DEFAULT_CACHE_DIR, ModelStore
+from .pipeline import resolve_device
+from .registry import DEFENCE_KINDS
+from .reproducibility import config_hash
 from .zoo import build_model
 
 __all__ = ["dry_run", "plan_work"]
@@ -126,19 +130,13 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
 
 def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
     """Validate ``config`` as a real run would (data, user model), then describe the plan and estimate."""
-    from .pipeline import Pipeline
-
-    pipeline = Pipeline(
-        config, Path("/nonexistent-dry-run"), cache_dir=cache_dir, progress=False, log=lambda m: None
-    )
+    device = resolve_device(config["run"]["device"])
     threads = config["run"]["threads"]
     if threads:
         torch.set_num_threads(threads)
-    from .data import load_dataset
-
     section = config["dataset"]
     dataset = load_dataset(section["name"], path=section["path"] or None, root=section["root"])
-    store = ModelStore(config, dataset, cache_dir or DEFAULT_CACHE_DIR, pipeline.device, progress=False)
+    store = ModelStore(config, dataset, cache_dir or DEFAULT_CACHE_DIR, device, progress=False)
     lines = [
         f"dry run of preset {config['preset']!r} on {dataset.name} ({len(dataset.x_train)} train / "
         f"{len(dataset.x_test)} test); configuration valid."
@@ -225,8 +223,6 @@ def _training_plan(config: dict[str, Any], store: ModelStore) -> list[dict[str, 
                 "steps": section["steps"],
             }
             recipes.append(("madry", params, section["steps"] + 1))
-    from .config import config_hash
-
     for recipe, params, passes in recipes:
         spec = store.training_spec(recipe, **params)
         cached = any(store.cache_dir.glob(f"*-{config_hash(spec)}.pt"))

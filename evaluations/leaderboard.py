@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, load_config_file, resolve_config
-from .defences import DEFENCE_KINDS
+from .pipeline import Pipeline
+from .registry import DEFENCE_KINDS
+from .report import run_and_report
 from .storage import atomic_write_json, atomic_write_text
 
 __all__ = ["Submission", "discover_submissions", "leaderboard_rows", "run_leaderboard"]
@@ -208,8 +210,6 @@ def run_leaderboard(
 ) -> dict[str, dict[str, Any] | str]:
     """Validate every submission, run the valid ones, write the leaderboard; returns name -> results
     (or the error message of an invalid submission)."""
-    from .pipeline import Pipeline
-
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     out = Path(out)
     reports: dict[str, dict[str, Any] | str] = {}
@@ -243,7 +243,7 @@ def run_leaderboard(
     for name, pipeline in pipelines.items():
         log(f"submission {name}: evaluating")
         try:
-            reports[name] = pipeline.run()
+            reports[name] = run_and_report(pipeline)
         except Exception as error:  # one broken submission must not stop the others
             reports[name] = f"failed during evaluation: {type(error).__name__}: {error}"
         _write(out, {n: reports.get(n, "pending") for n in [*reports, *pipelines]})

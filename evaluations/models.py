@@ -4,7 +4,7 @@ users' models (``module:attribute`` plus a weights file).
 Harness-trained models are small CNNs from :mod:`evaluations.zoo`, trained with one of three recipes:
 ``clean``; ``gaussian`` (Gaussian noise augmentation at sigma, through
 :meth:`RandomizedSmoothingClassifier.fit`); ``madry`` (PGD adversarial training through ART's trainer, in
-:mod:`evaluations.defences.adversarial_training`). Each is saved as a ``state_dict`` under
+:mod:`evaluations.adversarial_training`). Each is saved as a ``state_dict`` under
 ``<cache_dir>/<name>-<hash>.pt`` beside a ``.json`` that records its configuration; a later run with the
 same configuration loads it instead of training. Loading always uses ``torch.load(weights_only=True)``.
 
@@ -32,9 +32,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import ConfigError, config_hash
+from .config import ConfigError
 from .data import Dataset
-from .storage import atomic_write_json, atomic_writer, derive_seed
+from .reproducibility import config_hash, derive_seed
+from .storage import atomic_write_json, atomic_writer
 from .zoo import build_model
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "TRAINING_VERSION",
     "ModelStore",
     "Normalized",
+    "batched_argmax",
     "import_object",
     "load_state_dict_file",
     "load_user_model",
@@ -265,6 +267,19 @@ def load_user_model(
     return model, key
 
 
+def batched_argmax(
+    model: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 1000
+) -> np.ndarray:
+    """Argmax labels of a logits model over ``x``, in batches, without gradients."""
+    model.eval()
+    labels = []
+    with torch.inference_mode():
+        for start in range(0, len(x), batch):
+            chunk = torch.as_tensor(x[start : start + batch], dtype=torch.float32, device=device)
+            labels.append(model(chunk).argmax(dim=1).cpu().numpy())
+    return np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+
+
 # -- training recipes --------------------------------------------------------------------------------------
 def train_cross_entropy(
     model: nn.Module,
@@ -347,7 +362,7 @@ def _train_madry(
 ) -> None:
     from art.estimators.classification import PyTorchClassifier
 
-    from .defences.adversarial_training import madry_adversarial_training
+    from .adversarial_training import madry_adversarial_training
 
     classifier = PyTorchClassifier(
         model,
@@ -475,8 +490,6 @@ class ModelStore:
         return self.cached(label, spec, build, train)
 
     def _accuracy(self, model: nn.Module) -> float:
-        from .defences import batched_argmax
-
         labels = batched_argmax(model, self.dataset.x_test, self.device)
         return float(np.mean(labels == self.dataset.y_test))
 

@@ -1,13 +1,15 @@
-"""The evaluation pipeline: data -> models -> defences -> clean -> certify -> attacks -> certificate check ->
-metrics -> report, with stage timings, progress bars and resume.
+"""The evaluation pipeline: data -> models -> defences -> clean -> certify -> attacks -> certificate check,
+with stage timings, progress bars and resume. Its output is the per-example arrays of :class:`RunData`;
+the metrics and report stages above it (:func:`evaluations.report.run_and_report`) turn them into
+``results.json``, the TSV files, the Markdown report and the plots.
 
 Every long stage is cut into units of work (one defence, one attack, one norm, one epsilon, one chunk of
 ``run.chunk_size`` test points). Each unit's result is a checkpoint file keyed by a hash of everything that
 produced it (:class:`~evaluations.storage.WorkStore`), written atomically; a rerun with the same
 configuration and output folder reuses every finished unit and computes only the rest, so an interrupted
 run loses at most the unit it was in. Each unit draws its randomness from a seed derived from the run's
-seed and the unit's name (:func:`~evaluations.storage.derive_seed`), so a resumed run gives the same
-numbers as an uninterrupted one.
+seed and the unit's name (:func:`~evaluations.reproducibility.derive_seed`), so a resumed run gives the
+same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .attacks import Attack, build_attacks
-from .config import config_hash
+from .attacks import Attack, AttackSettings, build_attacks
+from .attacks.smoothadv import SmoothAdv
+from .config import ConfigError
 from .data import Dataset, load_dataset
 from .defences import BuildContext, Defence, attack_points, build_defences
 from .models import DEFAULT_CACHE_DIR, ModelStore
-from .storage import WorkStore, atomic_write_json, derive_seed
+from .reproducibility import config_hash, derive_seed
+from .storage import WorkStore, atomic_write_json
 
 __all__ = ["Pipeline", "RunData", "package_versions", "read_events", "resolve_device"]
 
@@ -39,8 +43,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from .config import ConfigError
-
         raise ConfigError("run.device", "'cpu' or 'auto' (no CUDA device is available here)", name)
     return torch.device(name)
 
@@ -326,9 +328,6 @@ class Pipeline:
         section = self.config["certificate_check"]
         if not section["enabled"]:
             return
-        from .attacks import AttackSettings
-        from .attacks.smoothadv import SmoothAdv
-
         settings = AttackSettings.from_config(self.config)
         attack = SmoothAdv(settings)
         size = self.config["run"]["chunk_size"]
@@ -394,11 +393,9 @@ class Pipeline:
                 }
 
     # -- the whole run ---------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        """Run every stage (reusing finished units) and write the report; returns ``results.json``'s dict."""
-        from .report import summarise, write_report
-
-        started = time.perf_counter()
+    def run(self) -> RunData:
+        """Run every stage up to the certificate check (reusing finished units); returns :attr:`data`.
+        :func:`evaluations.report.run_and_report` runs this, then the metrics and report stages."""
         if self.dataset is None:
             self.prepare()
         if not self.defences:
@@ -407,18 +404,7 @@ class Pipeline:
         self.run_certify()
         self.run_attacks()
         self.run_certificate_check()
-        with self.stage("metrics"):
-            results = summarise(self)
-        with self.stage("report"):
-            write_report(self, results)
-        results["timings"] = {k: round(v, 3) for k, v in self.timings.items()}
-        atomic_write_json(self.out_dir / "results.json", results)  # now with the report stage's time
-        total = time.perf_counter() - started
-        self.log(
-            f"done in {total:.1f} s: {self.store.count('computed')} units computed, "
-            f"{self.store.count('reused')} reused; report at {self.out_dir / 'report.md'}"
-        )
-        return results
+        return self.data
 
 
 def _detected(flags: np.ndarray | None, count: int) -> np.ndarray:

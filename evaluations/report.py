@@ -1,5 +1,6 @@
 """Metrics and report stages: from the pipeline's per-example arrays to ``results.json``, the per-example
-TSV files, the Markdown report and the PNG plots.
+TSV files, the Markdown report and the PNG plots. :func:`run_and_report` runs a whole evaluation: the
+pipeline's stages, then these two.
 
 The numbers all come from :mod:`evaluations.metrics`; this module only arranges them. Layout of the
 output folder (documented in docs/results-schema.md):
@@ -17,7 +18,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -25,13 +26,11 @@ from art_smoothing_plugin import statistics
 
 from . import metrics
 from .cohen_logs import write_certify_log
+from .pipeline import Pipeline, package_versions
 from .schema import CHECK_COLUMNS, EMPIRICAL_COLUMNS, SCHEMA_VERSION
 from .storage import atomic_write_json, atomic_write_text
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Pipeline
-
-__all__ = ["summarise", "worst_case", "write_report"]
+__all__ = ["run_and_report", "summarise", "worst_case", "write_report"]
 
 
 def _floats(values: Any) -> list[float]:
@@ -149,7 +148,7 @@ def summarise(pipeline: Pipeline) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config,
-        "versions": _versions(),
+        "versions": package_versions(),
         "dataset": _dataset_summary(pipeline),
         "timings": {k: round(v, 3) for k, v in pipeline.timings.items()},
         "work": {
@@ -160,12 +159,6 @@ def summarise(pipeline: Pipeline) -> dict[str, Any]:
         "defences": defences,
         "envelopes": _envelopes(pipeline, grid),
     }
-
-
-def _versions() -> dict[str, str]:
-    from .pipeline import package_versions
-
-    return package_versions()
 
 
 def _dataset_summary(pipeline: Pipeline) -> dict[str, Any]:
@@ -643,3 +636,22 @@ def write_report(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]
     results["timings"] = {k: round(v, 3) for k, v in pipeline.timings.items()}
     paths["results.json"] = atomic_write_json(out / "results.json", results)
     return paths
+
+
+def run_and_report(pipeline: Pipeline) -> dict[str, Any]:
+    """Run a whole evaluation: every stage of ``pipeline`` (reusing finished units), then the metrics and
+    report stages; returns ``results.json``'s dict."""
+    started = time.perf_counter()
+    pipeline.run()
+    with pipeline.stage("metrics"):
+        results = summarise(pipeline)
+    with pipeline.stage("report"):
+        write_report(pipeline, results)
+    results["timings"] = {k: round(v, 3) for k, v in pipeline.timings.items()}
+    atomic_write_json(pipeline.out_dir / "results.json", results)  # now with the report stage's time
+    total = time.perf_counter() - started
+    pipeline.log(
+        f"done in {total:.1f} s: {pipeline.store.count('computed')} units computed, "
+        f"{pipeline.store.count('reused')} reused; report at {pipeline.out_dir / 'report.md'}"
+    )
+    return results

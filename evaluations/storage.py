@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import config_hash
+from .reproducibility import config_hash
 
 __all__ = [
     "WorkStore",
@@ -33,7 +33,6 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "atomic_writer",
-    "derive_seed",
 ]
 
 
@@ -87,12 +86,6 @@ def atomic_writer(path: str | os.PathLike[str], write: Callable[[Path], Any]) ->
         temporary.unlink(missing_ok=True)
         raise
     return path
-
-
-def derive_seed(seed: int, *parts: Any) -> int:
-    """A seed for one unit of work, from the run's seed and the unit's name: stable across runs and
-    independent of the order units are computed in (so a resumed run draws what a whole run would)."""
-    return int(config_hash([seed, *map(str, parts)], 8), 16) % (2**31 - 1)
 
 
 class WorkStore:

@@ -190,6 +190,7 @@ class TinyUNet(nn.Module):
         return self.output_conv(F.silu(self.output_norm(h)))
 
     def config(self) -> dict[str, Any]:
+        """The constructor's arguments, JSON-able: ``TinyUNet(**unet.config())`` rebuilds the architecture."""
         return {
             "channels": self.channels,
             "base_channels": self.base_channels,
@@ -216,6 +217,7 @@ class DDPMConfig:
     model_data_range: tuple[float, float] = (-1.0, 1.0)
 
     def to_json(self) -> dict[str, Any]:
+        """The configuration as JSON-able values (tuples as lists)."""
         values = asdict(self)
         values["channel_multipliers"] = list(self.channel_multipliers)
         values["clip_values"] = list(self.clip_values)

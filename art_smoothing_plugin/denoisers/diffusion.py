@@ -224,11 +224,13 @@ class DiffusionDenoiser(nn.Module):
         return math.sqrt(self.alpha_bar) * self.target_noise_level
 
     def to_model_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Map raw inputs (in ``clip_values``) to the model's data range."""
         low, _ = self.clip_values
         model_low, _ = self.model_data_range
         return (x - low) * self.noise_scale + model_low
 
     def to_raw_units(self, x: torch.Tensor) -> torch.Tensor:
+        """Map the model's data range back to raw inputs (the inverse of :meth:`to_model_units`)."""
         low, _ = self.clip_values
         model_low, _ = self.model_data_range
         return (x - model_low) / self.noise_scale + low

@@ -45,6 +45,7 @@ class TrainingHistory:
     losses: list[float] = field(default_factory=list)
 
     def phase_losses(self, phase: str) -> list[float]:
+        """The losses of the epochs of one phase (``"mse"`` or ``"stab"``), in order."""
         return [loss for p, loss in zip(self.phases, self.losses, strict=True) if p == phase]
 
 

@@ -94,6 +94,7 @@ class DenoisedClassifierModule(torch.nn.Module):
         self.train(False)
 
     def train(self, mode: bool = True) -> DenoisedClassifierModule:
+        """Set the module's own flag only: the classifier and denoiser stay in eval mode."""
         self.training = bool(mode)
         for child in self.children():
             child.eval()
@@ -339,6 +340,7 @@ class DenoisedSmoothingClassifier(
     # -- parameters --------------------------------------------------------------------------------------
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input, without the batch dimension."""
         return self._input_shape
 
     @property
@@ -421,11 +423,12 @@ class DenoisedSmoothingClassifier(
         copies of each input that ``classifier o denoiser`` assigns to each class. Their argmax is the
         smoothed prediction; for PREDICT with abstention use :meth:`predict_labels`.
 
+        ART's keyword ``is_abstain``: not given (the default), the frequencies; ``True``, ART's rows
+        (one-hot of PREDICT's label on the ``sample_size`` draws at level ``alpha``, all zero where
+        PREDICT abstains); ``False``, one-hot rows of the most frequent class. The keyword ``seed`` draws
+        this call's noise from a generator with this seed.
+
         :param batch_size: inputs per forward pass (each contributes ``sample_size`` noisy copies).
-        :param is_abstain: ART's keyword. Not given (the default): the frequencies. ``True``: ART's rows,
-            one-hot of PREDICT's label on the ``sample_size`` draws at level ``alpha``, all zero where
-            PREDICT abstains. ``False``: one-hot rows of the most frequent class.
-        :param seed: draw this call's noise from a generator with this seed.
         """
         batch_size = check_int_at_least("batch_size", batch_size, 1)
         x_t = self._prepare_call(x, self._sample_size, slack=ATTACK_SLACK)

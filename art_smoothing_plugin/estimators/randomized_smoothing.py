@@ -235,11 +235,12 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         copies of each input that the base model assigns to each class. Their argmax is the smoothed
         prediction. For PREDICT with abstention use :meth:`predict_labels`.
 
+        ART's keyword ``is_abstain``: not given (the default), the frequencies; ``True``, ART's rows
+        (one-hot of PREDICT's label on the ``sample_size`` draws at level ``alpha``, all zero where
+        PREDICT abstains); ``False``, one-hot rows of the most frequent class. The keyword ``seed`` draws
+        this call's noise from a generator with this seed.
+
         :param batch_size: inputs per forward pass (each contributes ``sample_size`` noisy copies).
-        :param is_abstain: ART's keyword. Not given (the default): the frequencies. ``True``: ART's rows,
-            one-hot of PREDICT's label on the ``sample_size`` draws at level ``alpha``, all zero where
-            PREDICT abstains. ``False``: one-hot rows of the most frequent class.
-        :param seed: draw this call's noise from a generator with this seed.
         """
         batch_size = check_int_at_least("batch_size", batch_size, 1)
         x_t = self._to_tensor(x, slack=ATTACK_SLACK)
@@ -320,7 +321,7 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         the estimator's noise stream), the same warm-ups (the epoch is kept). An epoch is one pass over a
         ``PyTorchDataGenerator``'s data loader, else ``ceil(size / batch_size)`` batches.
 
-        :param training_mode: ``True`` (default) trains in train mode; the model is left in eval mode.
+        The keyword ``training_mode`` (default ``True``) trains in train mode; the model is left in eval mode.
         """
         from art.data_generators import DataGenerator, PyTorchDataGenerator
 

@@ -9,32 +9,23 @@ not the base model. Whether an attack succeeded is decided elsewhere, by the def
 (PREDICT with fresh noise for smoothed defences).
 
 To add an attack: write a file with a subclass of :class:`Attack` and add ``name -> "module:Class"`` to
-:data:`ATTACKS` (or call :func:`register_attack`).
+:data:`evaluations.registry.ATTACKS` (or call :func:`evaluations.registry.register_attack`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+from ..registry import ATTACKS
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..defences import Defence
 
-__all__ = [
-    "ATTACKS",
-    "Attack",
-    "AttackSettings",
-    "build_attacks",
-    "per_example_eps",
-    "register_attack",
-    "seeded",
-]
+__all__ = ["Attack", "AttackSettings", "attack_class", "build_attacks", "per_example_eps"]
 
 
 @dataclass(frozen=True)
@@ -60,20 +51,6 @@ class AttackSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's and NumPy's global generators for a library that draws from them (torchattacks' and
-    ART's random starts), restoring both afterwards so nothing else is perturbed."""
-    state = np.random.get_state()  # noqa: NPY002 - the libraries draw from the legacy global state
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
-        torch.manual_seed(seed)
-        np.random.seed(seed % (2**32 - 1))  # noqa: NPY002
-        try:
-            yield
-        finally:
-            np.random.set_state(state)  # noqa: NPY002
 
 
 def per_example_eps(eps: float | np.ndarray, count: int) -> np.ndarray:
@@ -128,26 +105,8 @@ class Attack:
         return max(1, 4096 // self.settings.noise_samples) if defence.smoothed else 512
 
 
-#: Registry: attack name -> "module:Class" (relative to this package), imported when first used.
-ATTACKS: dict[str, str] = {
-    "pgd": ".torchattacks_pgd:TorchattacksPGD",
-    "pgdl2": ".torchattacks_pgd:TorchattacksPGDL2",
-    "eotpgd": ".torchattacks_pgd:TorchattacksEOTPGD",
-    "art_pgd": ".art_pgd:ArtProjectedGradientDescent",
-    "smoothadv": ".smoothadv:SmoothAdv",
-    "bpda": ".squeezing:BPDAAttack",
-    "detector_evading": ".squeezing:DetectorEvadingAttack",
-}
-
-
-def register_attack(name: str, target: str) -> None:
-    """Register an attack class given as ``"package.module:Class"`` (or relative ``".module:Class"``)."""
-    if ":" not in target:
-        raise ValueError(f"target must be 'module:Class', got {target!r}")
-    ATTACKS[name] = target
-
-
 def attack_class(name: str) -> type[Attack]:
+    """The class registered as ``name`` in :data:`~evaluations.registry.ATTACKS` (imported now)."""
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; expected one of {', '.join(ATTACKS)}")
     module_name, class_name = ATTACKS[name].split(":")

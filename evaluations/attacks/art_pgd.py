@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from art.attacks.evasion import ProjectedGradientDescent
 
-from . import Attack, seeded
+from ..reproducibility import seeded
+from . import Attack
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..defences import Defence

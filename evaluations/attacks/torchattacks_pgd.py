@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torchattacks
 
-from . import Attack, seeded
+from ..reproducibility import seeded
+from . import Attack
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..defences import Defence

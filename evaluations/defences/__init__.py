@@ -1,11 +1,11 @@
 """Defences stage: every defence the harness evaluates, each wrapping an ART estimator, behind one registry.
 
-A *defence kind* (``undefended``, ``randomized_smoothing``, ...) is registered once with a builder that
-turns the run's configuration into one or more :class:`Defence` instances (randomized smoothing gives one
-per sigma). Adding a defence means writing a builder and calling :func:`register_defence`; the pipeline,
-attacks, metrics and report then handle it like every other. Builders are named as ``module:function``
-strings and imported only when used, so a kind whose implementation is missing (denoised smoothing before
-its module exists) costs nothing until a run asks for it, and is then refused before any work starts.
+A *defence kind* (``undefended``, ``randomized_smoothing``, ...) is registered once in
+:mod:`evaluations.registry` with a builder that turns the run's configuration into one or more
+:class:`Defence` instances (randomized smoothing gives one per sigma). Adding a defence means writing a
+builder and calling :func:`~evaluations.registry.register_defence`; the pipeline, attacks, metrics and
+report then handle it like every other. Builders are named as ``module:function`` strings and imported
+here, only when a run asks for them.
 
 Every :class:`Defence` answers the same questions: ``predict`` (labels, ``-1`` where a smoothed classifier
 abstains), ``detect`` (detector defences only), ``differentiable`` (the torch module gradient attacks
@@ -16,28 +16,26 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from ..data import Dataset
+from ..models import ModelStore, batched_argmax
+from ..registry import DEFENCE_KINDS, DefenceKind
+
 if TYPE_CHECKING:  # pragma: no cover
     from art_smoothing_plugin.smoothing import CertificationResult
 
-    from ..data import Dataset
-    from ..models import ModelStore
-
 __all__ = [
-    "DEFENCE_KINDS",
     "BuildContext",
     "Defence",
-    "DefenceKind",
     "PlainDefence",
     "SmoothedDefence",
     "attack_points",
     "build_defences",
-    "register_defence",
 ]
 
 
@@ -103,19 +101,6 @@ class Defence:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
-
-
-def batched_argmax(
-    model: torch.nn.Module, x: np.ndarray, device: torch.device, batch: int = 1000
-) -> np.ndarray:
-    """Argmax labels of a logits model over ``x``, in batches, without gradients."""
-    model.eval()
-    labels = []
-    with torch.inference_mode():
-        for start in range(0, len(x), batch):
-            chunk = torch.as_tensor(x[start : start + batch], dtype=torch.float32, device=device)
-            labels.append(model(chunk).argmax(dim=1).cpu().numpy())
-    return np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
 
 
 class PlainDefence(Defence):
@@ -219,119 +204,6 @@ class SmoothedDefence(Defence):
         self.estimator.seed = seed
 
 
-@dataclass(frozen=True)
-class DefenceKind:
-    """A registered kind of defence.
-
-    :ivar builder: ``"module:function"``; the function takes a :class:`BuildContext` and returns a list
-        of :class:`Defence`.
-    :ivar requires: the module that must import for this kind to be available.
-    :ivar trains_classifier: whether it trains its own classifier (then it cannot take a user's model).
-    :ivar section: smoothed kinds: the config section holding ``sigmas``, ``points``, ``n``, ``n0``.
-    :ivar name_format: the instance name, formatted with ``sigma`` (and the config section's keys).
-    """
-
-    name: str
-    builder: str | Callable[[BuildContext], list[Defence]]
-    description: str
-    smoothed: bool = False
-    trains_classifier: bool = False
-    requires: str = ""
-    section: str = ""
-    name_format: str = ""
-    _cache: dict = field(default_factory=dict, compare=False, repr=False)
-
-    def available(self) -> bool:
-        if not self.requires:
-            return True
-        if "ok" not in self._cache:
-            try:
-                importlib.import_module(self.requires)
-                self._cache["ok"] = True
-            except Exception:  # any import failure means "not available here"
-                self._cache["ok"] = False
-        return self._cache["ok"]
-
-    def build(self, context: BuildContext) -> list[Defence]:
-        if callable(self.builder):
-            return list(self.builder(context))
-        module_name, function = self.builder.split(":")
-        module = importlib.import_module(module_name, package=__name__)
-        return list(getattr(module, function)(context))
-
-    def instance_names(self, config: dict[str, Any]) -> list[tuple[str, float | None]]:
-        """``(name, sigma)`` of the defences this kind builds under ``config`` (without building them)."""
-        if not self.smoothed:
-            return [(self.name_format or self.name, None)]
-        section = config[self.section]
-        return [(self.name_format.format(sigma=s, **section), s) for s in section["sigmas"]]
-
-
-#: Every registered defence kind, by name (the names ``defences.enabled`` accepts).
-DEFENCE_KINDS: dict[str, DefenceKind] = {}
-
-
-def register_defence(kind: DefenceKind) -> DefenceKind:
-    """Add a defence kind to the registry (a new name, or replace one of the same name). The builder is
-    a callable or a ``"module:function"`` string imported when first used."""
-    if not callable(kind.builder) and ":" not in kind.builder:
-        raise ValueError(f"builder must be 'module:function', got {kind.builder!r}")
-    DEFENCE_KINDS[kind.name] = kind
-    return kind
-
-
-for _kind in (
-    DefenceKind("undefended", ".undefended:build_undefended", "the clean-trained classifier"),
-    DefenceKind(
-        "randomized_smoothing",
-        ".smoothing:build_randomized_smoothing",
-        "Cohen et al. randomized smoothing of a Gaussian-noise-trained classifier, one per sigma",
-        smoothed=True,
-        section="smoothing",
-        name_format="rs_sigma{sigma:g}",
-    ),
-    DefenceKind(
-        "denoised_smoothing",
-        ".smoothing:build_denoised_smoothing",
-        "Salman et al. denoised smoothing of the clean classifier with a trained denoiser, one per sigma",
-        smoothed=True,
-        requires="art_smoothing_plugin.estimators.denoised_smoothing",
-        section="denoised",
-        name_format="denoised_{denoiser}_sigma{sigma:g}",
-    ),
-    DefenceKind(
-        "diffusion_smoothing",
-        ".smoothing:build_diffusion_smoothing",
-        "Carlini et al. diffusion denoised smoothing: one DDPM, one-shot denoising, the clean classifier",
-        smoothed=True,
-        requires="art_smoothing_plugin.denoisers.ddpm",
-        section="diffusion",
-        name_format="diffusion_sigma{sigma:g}",
-    ),
-    DefenceKind(
-        "adversarial_training_linf",
-        ".undefended:build_adversarial_training_linf",
-        "Madry et al. PGD adversarial training, L-inf",
-        trains_classifier=True,
-        requires="evaluations.defences.adversarial_training",
-    ),
-    DefenceKind(
-        "adversarial_training_l2",
-        ".undefended:build_adversarial_training_l2",
-        "Madry et al. PGD adversarial training, L2",
-        trains_classifier=True,
-        requires="evaluations.defences.adversarial_training",
-    ),
-    DefenceKind(
-        "feature_squeezing",
-        ".squeezed:build_feature_squeezing",
-        "Xu et al. feature squeezing: input transformation and detector",
-        requires="evaluations.defences.feature_squeezing",
-    ),
-):
-    register_defence(_kind)
-
-
 def attack_points(config: dict[str, Any], kind: str) -> int:
     """Test points attacked for a defence of ``kind``: a smoothed kind with its own section (denoised,
     diffusion) sets its own ``attack_points``, since attacking through a denoiser costs far more."""
@@ -341,11 +213,19 @@ def attack_points(config: dict[str, Any], kind: str) -> int:
     return config["attacks"]["points"]
 
 
+def _builder(kind: DefenceKind) -> Callable[[BuildContext], list[Defence]]:
+    """The builder function of ``kind`` (its ``"module:function"`` imported now)."""
+    if callable(kind.builder):
+        return kind.builder
+    module_name, function = kind.builder.split(":")
+    return getattr(importlib.import_module(module_name, package=__name__), function)
+
+
 def build_defences(context: BuildContext) -> list[Defence]:
     """Build every enabled defence, in the order of ``defences.enabled``."""
     defences: list[Defence] = []
     for name in context.config["defences"]["enabled"]:
-        defences.extend(DEFENCE_KINDS[name].build(context))
+        defences.extend(_builder(DEFENCE_KINDS[name])(context))
     names = [d.name for d in defences]
     if len(set(names)) != len(names):
         raise ValueError(f"defence names must be unique within a run, got {names}")

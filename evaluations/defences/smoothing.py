@@ -13,6 +13,7 @@ import json
 import time
 from typing import Any
 
+from ..config import DDPM_SCHEDULE, DDPM_TIMESTEPS
 from . import DEFENCE_KINDS, BuildContext, SmoothedDefence
 
 __all__ = [
@@ -193,8 +194,6 @@ def build_denoised_smoothing(context: BuildContext) -> list[SmoothedDefence]:
 def _ddpm(context: BuildContext):
     """The DDPM of the run's training split, trained once and cached (its file carries its config)."""
     from art_smoothing_plugin.denoisers.ddpm import train_ddpm
-
-    from ..config import DDPM_SCHEDULE, DDPM_TIMESTEPS
 
     settings = context.config["diffusion"]
     spec = {

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import BuildContext, Defence, batched_argmax
+from ..models import batched_argmax
+from . import BuildContext, Defence
 from .undefended import art_classifier
 
 __all__ = ["FeatureSqueezingDefence", "build_feature_squeezing", "held_out_clean"]

@@ -1,5 +1,5 @@
 """Deterministic classifiers as defences: the undefended (clean-trained) model and Madry et al.'s PGD
-adversarial training in L-inf and L2 (trained through :mod:`evaluations.defences.adversarial_training`,
+adversarial training in L-inf and L2 (trained through :mod:`evaluations.adversarial_training`,
 cached like every harness-trained model)."""
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
     """A finished pipeline run of :func:`tiny_config`: ``(pipeline, results)``."""
     from evaluations.pipeline import Pipeline
+    from evaluations.report import run_and_report
 
     pipeline = Pipeline(
         tiny_config(),
@@ -78,7 +79,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, model_cache: Path):
         log=lambda m: None,
     )
     pipeline.prepare()
-    results = pipeline.run()
+    results = run_and_report(pipeline)
     return pipeline, results
 
 

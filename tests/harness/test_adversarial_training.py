@@ -11,9 +11,9 @@ from art.estimators.classification import PyTorchClassifier
 from scipy import stats
 from torch import nn
 
-from evaluations.attacks import seeded
+from evaluations.adversarial_training import madry_adversarial_training
 from evaluations.data import load_dataset
-from evaluations.defences.adversarial_training import madry_adversarial_training
+from evaluations.reproducibility import seeded
 from evaluations.zoo import build_model
 
 #: norm -> (training and test eps, training step); ART's PGD norm argument beside.
@@ -132,7 +132,7 @@ def test_classifier_without_clip_values_is_refused(digits):
 
 @pytest.mark.parametrize("norm", ["inf", 2])
 def test_warmup_grows_the_budget_linearly_then_trains_at_eps(digits, norm, monkeypatch):
-    from evaluations.defences import adversarial_training
+    from evaluations import adversarial_training
 
     stages = []
     real_stage = adversarial_training._train_stage

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from art_smoothing_plugin.statistics import max_certifiable_radius
-from evaluations.defences import DEFENCE_KINDS, DefenceKind, SmoothedDefence, register_defence
+from evaluations.defences import SmoothedDefence
 from evaluations.defences.smoothing import build_randomized_smoothing
 from evaluations.pipeline import Pipeline
+from evaluations.registry import DEFENCE_KINDS, DefenceKind, register_defence
 from evaluations.report import summarise
 
 from .conftest import tiny_config

@@ -4,11 +4,25 @@ input, raised before any long work."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from evaluations.cli import main
-from evaluations.config import PRESETS, SCHEMA, ConfigError, describe_schema, load_config_file, resolve_config
+from evaluations.config import (
+    PRESET_NAMES,
+    PRESETS,
+    SCHEMA,
+    SECTIONS,
+    ConfigError,
+    Key,
+    describe_schema,
+    load_config_file,
+    resolve_config,
+)
+from evaluations.config.checks import integer
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def test_presets_validate_and_differ_where_the_issue_says():
@@ -111,3 +125,25 @@ def test_describe_lists_every_key():
     for section, keys in SCHEMA.items():
         for key in keys:
             assert f"`{section}.{key}`" in table
+
+
+def test_the_docs_table_of_keys_is_the_generated_one():
+    """docs/evaluation-harness.md carries a copy of ``config --keys``: it must not drift from the schema."""
+    page = (DOCS / "evaluation-harness.md").read_text()
+    assert describe_schema() in page
+
+
+def test_a_key_is_defined_once_with_its_value_in_every_preset():
+    key = Key(integer(1), "test points", 100, mnist5k=500)
+    assert [key.value(p) for p in PRESET_NAMES] == [100, 500]
+    assert Key(integer(1), "test points", 100).value("mnist5k") == 100  # as quick unless it differs
+    for section in SECTIONS:  # the presets are generated from the sections' keys, nothing else
+        for name in PRESET_NAMES:
+            assert PRESETS[name][section.name] == {k: spec.value(name) for k, spec in section.keys.items()}
+
+
+def test_checks_across_sections_run_on_the_checked_values():
+    with pytest.raises(ConfigError, match="adversarial_training.warmup_epochs"):
+        resolve_config("quick", None, ["adversarial_training.warmup_epochs=15"])
+    config = resolve_config("quick", None, ['defences.enabled=["undefended"]'])
+    assert config["certificate_check"]["enabled"] is False  # nothing smoothed: nothing to check

@@ -7,6 +7,7 @@ import pytest
 
 from evaluations.config import ConfigError
 from evaluations.pipeline import Pipeline
+from evaluations.report import run_and_report
 
 from .conftest import tiny_config
 
@@ -26,7 +27,7 @@ def run(tmp_path, name):
     cache = tmp_path / "models"
     pipeline = Pipeline(tiny_config(*DIFFUSION), tmp_path / name, cache_dir=cache, progress=False, log=print)
     pipeline.prepare()
-    return pipeline, pipeline.run()
+    return pipeline, run_and_report(pipeline)
 
 
 def test_diffusion_defence_runs_end_to_end_and_reuses_its_ddpm(tmp_path):

@@ -19,7 +19,6 @@ from art.estimators.classification import PyTorchClassifier
 from scipy import stats
 from torch import nn
 
-from evaluations.attacks import seeded
 from evaluations.attacks.bpda import detector_evading_pgd
 from evaluations.data import load_dataset
 from evaluations.defences.feature_squeezing import (
@@ -31,6 +30,7 @@ from evaluations.defences.feature_squeezing import (
     torch_squeeze,
 )
 from evaluations.models import train_cross_entropy
+from evaluations.reproducibility import seeded
 from evaluations.zoo import build_model
 
 FPR = 0.05

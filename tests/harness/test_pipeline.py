@@ -10,6 +10,7 @@ import numpy as np
 from evaluations import metrics
 from evaluations.cohen_logs import read_certify_log
 from evaluations.pipeline import Pipeline, read_events
+from evaluations.report import run_and_report
 from evaluations.schema import CERTIFY_COLUMNS, CHECK_COLUMNS, EMPIRICAL_COLUMNS, validate_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -111,7 +112,7 @@ def test_rerun_in_the_same_folder_redoes_nothing(tiny_run):
         pipeline.config, pipeline.out_dir, cache_dir=pipeline.cache_dir, progress=False, log=lambda m: None
     )
     again.prepare()
-    rerun = again.run()
+    rerun = run_and_report(again)
     assert again.store.count("computed") == 0
     assert again.store.count("reused") == pipeline.store.count("computed") > 50
     assert {e["status"] for e in again.models.events} == {"cached"}

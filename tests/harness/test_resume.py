@@ -10,6 +10,7 @@ import pytest
 
 from evaluations.attacks.smoothadv import SmoothAdv
 from evaluations.pipeline import Pipeline, read_events
+from evaluations.report import run_and_report
 
 from .conftest import tiny_config
 
@@ -34,7 +35,7 @@ def test_interrupted_run_resumes_without_redoing_work(tiny_run, model_cache, tmp
     first = Pipeline(tiny_config(), out, cache_dir=model_cache, progress=False, log=lambda m: None)
     first.prepare()
     with pytest.raises(Interrupted):
-        first.run()
+        run_and_report(first)
     finished = {e["file"] for e in first.store.events if e["status"] == "computed"}
     assert any(e["stage"] == "attacks" for e in first.store.events)
     assert not (out / "results.json").exists()  # nothing half-written claims to be a result
@@ -43,7 +44,7 @@ def test_interrupted_run_resumes_without_redoing_work(tiny_run, model_cache, tmp
     monkeypatch.setattr(SmoothAdv, "perturb", original)
     second = Pipeline(tiny_config(), out, cache_dir=model_cache, progress=False, log=lambda m: None)
     second.prepare()
-    resumed = second.run()
+    resumed = run_and_report(second)
     reused = {e["file"] for e in second.store.events if e["status"] == "reused"}
     recomputed = {e["file"] for e in second.store.events if e["status"] == "computed"}
     assert reused == finished  # every finished unit is reused...

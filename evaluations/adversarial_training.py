@@ -9,6 +9,9 @@ trainer only does L-inf).
 Units: ``eps`` and ``eps_step`` are in the data's own units, [0, 1] everywhere in this project. ART's
 Madry trainer defaults (eps=8, eps_step=2) assume 0-255 pixels and would allow any perturbation of [0, 1]
 data, so both are required arguments here, and an L-inf eps larger than the data range is refused.
+
+A training recipe of the models stage (:mod:`evaluations.models` trains and caches the adversarially
+trained classifiers that the ``adversarial_training_*`` defences wrap).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from art.attacks.evasion import ProjectedGradientDescent
 from art.defences.trainer import AdversarialTrainer, AdversarialTrainerMadryPGD
 
-from ..attacks import seeded
+from .reproducibility import seeded
 
 __all__ = ["madry_adversarial_training"]
 

@@ -1,0 +1,399 @@
+"""Every section of the configuration, each in one place: its keys (checker, meaning, value in every
+preset) and the checks that involve several keys. Adding a key to a section means adding one line to its
+block below; the presets, validation, ``config --keys`` and the docs' table all follow from it.
+
+Everything a config says is in the data's own [0, 1] units: sigma, epsilon and radii alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..data import DATASETS
+from ..registry import ATTACKS, DEFENCE_KINDS
+from .checks import (
+    ConfigError,
+    boolean,
+    choice,
+    choices,
+    integer,
+    integer_list,
+    module_attribute,
+    number,
+    number_list,
+    optional_int,
+    optional_norm_stats,
+    table,
+    text,
+)
+from .keys import Key, Section
+
+__all__ = ["DDPM_SCHEDULE", "DDPM_TIMESTEPS", "SECTIONS"]
+
+
+def _architectures() -> tuple[str, ...]:
+    from ..zoo import ARCHITECTURES  # the zoo imports torch: only when a configuration is validated
+
+    return tuple(ARCHITECTURES)
+
+
+def _defence_names() -> tuple[str, ...]:
+    return tuple(DEFENCE_KINDS)
+
+
+def _attack_names() -> tuple[str, ...]:
+    return tuple(ATTACKS)
+
+
+# -- run ---------------------------------------------------------------------------------------------------
+RUN = Section(
+    "run",
+    {
+        "seed": Key(integer(0), "seed of every random choice of the run (training, noise, attacks)", 0),
+        "chunk_size": Key(
+            integer(1), "test points per checkpointed unit of work (resume granularity)", 50, mnist5k=100
+        ),
+        "device": Key(choice(("cpu", "cuda", "auto")), "where models run: cpu, cuda or auto", "cpu"),
+        "threads": Key(integer(0), "torch CPU threads (0 = torch's default)", 0),
+    },
+)
+
+
+# -- dataset -----------------------------------------------------------------------------------------------
+def _check_dataset(config: dict[str, Any]) -> None:
+    dataset = config["dataset"]
+    if dataset["name"] == "npz" and not Path(dataset["path"]).expanduser().is_file():
+        raise ConfigError("dataset.path", "an existing .npz file when dataset.name = 'npz'", dataset["path"])
+
+
+DATASET = Section(
+    "dataset",
+    {
+        "name": Key(
+            choice(DATASETS),
+            "dataset name (the split is fixed in evaluations/data.py)",
+            "digits",
+            mnist5k="mnist5k",
+        ),
+        "path": Key(text, "path of the .npz file when name = 'npz'", ""),
+        "root": Key(text, "download folder of torchvision datasets", "~/.cache/art-smoothing/data"),
+    },
+    _check_dataset,
+)
+
+
+# -- model -------------------------------------------------------------------------------------------------
+def _check_model(config: dict[str, Any]) -> None:
+    model = config["model"]
+    if bool(model["module"]) != bool(model["weights"]):
+        key = "model.weights" if model["module"] else "model.module"
+        raise ConfigError(key, "set together with the other of model.module / model.weights", "")
+    if model["weights"] and not Path(model["weights"]).expanduser().is_file():
+        raise ConfigError("model.weights", "a path to an existing weights file", model["weights"])
+    for stat in ("mean", "std"):
+        if (model[stat] is None) != (model["std" if stat == "mean" else "mean"] is None):
+            raise ConfigError(f"model.{stat}", "set together with the other of model.mean / model.std", None)
+    if model["std"] is not None and min(model["std"]) <= 0:
+        raise ConfigError("model.std", "positive numbers", model["std"])
+
+
+MODEL = Section(
+    "model",
+    {
+        "architecture": Key(
+            choice(_architectures),
+            "zoo architecture of the models the harness trains",
+            "small_cnn",
+            mnist5k="lenet",
+        ),
+        "epochs": Key(integer(1), "training epochs of every harness-trained model", 30, mnist5k=20),
+        "batch_size": Key(integer(1), "training batch size", 64, mnist5k=128),
+        "learning_rate": Key(number(0, 1, open_low=True), "Adam learning rate", 0.003, mnist5k=0.002),
+        "module": Key(
+            module_attribute,
+            "a user's model: 'package.module:attribute' or 'file.py:attribute' (a class, a factory or an "
+            "nn.Module); empty for zoo models. Importing it RUNS its code",
+            "",
+        ),
+        "weights": Key(text, "the user's weights file (.pt/.pth state_dict, or .safetensors)", ""),
+        "kwargs": Key(table, "keyword arguments passed to the user's class or factory", {}),
+        "mean": Key(optional_norm_stats, "input normalisation mean the user's model expects (or null)", None),
+        "std": Key(optional_norm_stats, "input normalisation std the user's model expects (or null)", None),
+        "nb_classes": Key(
+            optional_int(2), "number of classes the user's model outputs (null: the dataset's)", None
+        ),
+    },
+    _check_model,
+)
+
+
+# -- defences ----------------------------------------------------------------------------------------------
+def _check_defences(config: dict[str, Any]) -> None:
+    if config["model"]["module"]:
+        trained = [d for d in config["defences"]["enabled"] if DEFENCE_KINDS[d].trains_classifier]
+        if trained:
+            raise ConfigError(
+                "defences.enabled",
+                "only defences that take a given model when model.module is set",
+                config["defences"]["enabled"],
+                hint=f"{', '.join(trained)} train their own classifier; remove them",
+            )
+
+
+DEFENCES = Section(
+    "defences",
+    {
+        "enabled": Key(
+            choices(_defence_names, allow_empty=False),
+            "defences to evaluate",
+            [
+                "undefended",
+                "randomized_smoothing",
+                "denoised_smoothing",
+                "diffusion_smoothing",
+                "adversarial_training_linf",
+                "adversarial_training_l2",
+                "feature_squeezing",
+            ],
+        ),
+    },
+    _check_defences,
+)
+
+
+# -- smoothing ---------------------------------------------------------------------------------------------
+SMOOTHING = Section(
+    "smoothing",
+    {
+        "sigmas": Key(
+            number_list(0, open_low=True), "noise levels sigma of randomized smoothing", [0.25, 0.5, 1.0]
+        ),
+        "points": Key(integer(1), "test points certified per sigma", 100, mnist5k=500),
+        "n0": Key(integer(1), "CERTIFY selection samples", 100),
+        "n": Key(integer(1), "CERTIFY estimation samples", 1000, mnist5k=10_000),
+        "alpha": Key(
+            number(0, 1, open_low=True, open_high=True), "error probability of each certificate", 0.001
+        ),
+        "predict_n": Key(integer(1), "PREDICT samples on clean and attacked inputs", 1000),
+        "predict_alpha": Key(number(0, 1, open_low=True, open_high=True), "PREDICT's test level", 0.001),
+        "batch_size": Key(integer(1), "noisy samples per forward pass", 1000, mnist5k=2000),
+    },
+)
+
+
+# -- denoised ----------------------------------------------------------------------------------------------
+DENOISED = Section(
+    "denoised",
+    {
+        "sigmas": Key(
+            number_list(0, open_low=True), "noise levels of denoised smoothing", [0.5], mnist5k=[0.25, 0.5]
+        ),
+        "denoiser": Key(
+            choice(("dncnn", "memnet", "none")), "denoiser architecture ('none': no denoiser)", "dncnn"
+        ),
+        "denoiser_epochs": Key(integer(1), "denoiser training epochs", 10, mnist5k=5),
+        "denoiser_kwargs": Key(table, "keyword arguments of the denoiser's constructor", {}),
+        "objective": Key(
+            choice(("mse", "stab", "stab+mse")), "denoiser training objective (Salman et al.)", "mse"
+        ),
+        "points": Key(integer(1), "test points certified per sigma", 100),
+        "n": Key(integer(1), "CERTIFY estimation samples", 1000, mnist5k=2000),
+        "n0": Key(integer(1), "CERTIFY selection samples", 100),
+        "attack_points": Key(integer(0), "test points attacked per sigma (0: none)", 100, mnist5k=0),
+    },
+)
+
+
+# -- diffusion ---------------------------------------------------------------------------------------------
+#: The noise schedule of the harness's DDPM (not configurable): the builder trains with it and the config
+#: check maps every sigma to its timestep on it.
+DDPM_SCHEDULE = "linear"
+DDPM_TIMESTEPS = 1000
+
+
+def _check_diffusion(config: dict[str, Any]) -> None:
+    """Every sigma must map to a timestep the DDPM trains on (its fixed schedule; data in [0, 1] seen in
+    [-1, 1], so the target noise level is 2 sigma): refused here, before the DDPM is trained."""
+    if "diffusion_smoothing" not in config["defences"]["enabled"]:
+        return
+    from art_smoothing_plugin.denoisers.ddpm import make_alpha_bars
+    from art_smoothing_plugin.denoisers.diffusion import select_timestep
+
+    section = config["diffusion"]
+    alpha_bars = make_alpha_bars(DDPM_SCHEDULE, DDPM_TIMESTEPS)
+    for sigma in section["sigmas"]:
+        try:
+            timestep = select_timestep(alpha_bars, 2 * sigma)
+        except ValueError as error:
+            expected = "noise levels the DDPM's schedule reaches"
+            raise ConfigError("diffusion.sigmas", expected, sigma) from error
+        if timestep > section["max_train_timestep"]:
+            raise ConfigError(
+                "diffusion.max_train_timestep",
+                f"at least {timestep}, the timestep whose noise level matches sigma = {sigma:g}",
+                section["max_train_timestep"],
+                hint="raise it or drop that sigma from diffusion.sigmas",
+            )
+
+
+# mnist5k: the DDPM of benchmarks/diffusion_mnist.py, 8 channels at 28/14/7 pixels, t <= 300, 10 epochs.
+DIFFUSION = Section(
+    "diffusion",
+    {
+        "sigmas": Key(
+            number_list(0, open_low=True),
+            "noise levels of diffusion denoised smoothing",
+            [0.5],
+            mnist5k=[0.25, 0.5],
+        ),
+        "ddpm_channels": Key(integer(1), "base channels of the DDPM's TinyUNet", 16, mnist5k=8),
+        "ddpm_multipliers": Key(
+            integer_list(1), "channel multiplier per resolution of the TinyUNet", [1, 2], mnist5k=[1, 2, 4]
+        ),
+        "ddpm_epochs": Key(integer(1), "DDPM training epochs", 40, mnist5k=10),
+        "max_train_timestep": Key(
+            integer(1), "largest timestep the DDPM trains on (the sigmas must map below it)", 300
+        ),
+        "denoising_steps": Key(integer(1), "1: the paper's one-shot denoising; k > 1: k DDIM-style steps", 1),
+        "points": Key(integer(1), "test points certified per sigma", 100),
+        "n": Key(integer(1), "CERTIFY estimation samples", 1000, mnist5k=2000),
+        "n0": Key(integer(1), "CERTIFY selection samples", 100),
+        "attack_points": Key(integer(0), "test points attacked per sigma (0: none)", 0),
+    },
+    _check_diffusion,
+)
+
+
+# -- adversarial_training ----------------------------------------------------------------------------------
+def _check_adversarial_training(config: dict[str, Any]) -> None:
+    training = config["adversarial_training"]
+    if training["warmup_epochs"] >= training["epochs"]:
+        raise ConfigError(
+            "adversarial_training.warmup_epochs",
+            f"an integer below adversarial_training.epochs = {training['epochs']}",
+            training["warmup_epochs"],
+        )
+
+
+ADVERSARIAL_TRAINING = Section(
+    "adversarial_training",
+    {
+        "linf_eps": Key(
+            number(0, 1, open_low=True), "L-inf epsilon of Madry training, in [0, 1] units", 0.2, mnist5k=0.3
+        ),
+        "linf_eps_step": Key(number(0, 1, open_low=True), "L-inf PGD step size in training", 0.05),
+        "l2_eps": Key(number(0, open_low=True), "L2 epsilon of Madry training", 1.0, mnist5k=2.0),
+        "l2_eps_step": Key(number(0, open_low=True), "L2 PGD step size in training", 0.25, mnist5k=0.5),
+        "steps": Key(integer(1), "PGD steps per training batch", 7, mnist5k=10),
+        "epochs": Key(integer(1), "adversarial training epochs", 15, mnist5k=10),
+        # mnist5k: from random weights at the full 0.3 the L-inf LeNet collapses to one class (9% accuracy);
+        # half the epochs at a growing budget avoid that.
+        "warmup_epochs": Key(
+            integer(0),
+            "epochs of linearly growing eps before the full budget (< epochs; 0: none)",
+            0,
+            mnist5k=5,
+        ),
+    },
+    _check_adversarial_training,
+)
+
+
+# -- feature_squeezing -------------------------------------------------------------------------------------
+FEATURE_SQUEEZING = Section(
+    "feature_squeezing",
+    {
+        "squeezers": Key(
+            choices(("bit_depth", "median"), allow_empty=False),
+            "squeezers of the detector",
+            ["bit_depth", "median"],
+        ),
+        "bit_depth": Key(integer(1), "bits kept by the bit-depth squeezer", 1),
+        "median_window": Key(integer(2), "window of the median-smoothing squeezer", 2),
+        "false_positive_rate": Key(number(0, 1, open_low=True, open_high=True), "detector's clean FPR", 0.05),
+        "transform": Key(
+            choice(("bit_depth", "median")), "squeezer used as the input transformation", "bit_depth"
+        ),
+    },
+)
+
+
+# -- attacks -----------------------------------------------------------------------------------------------
+ATTACKS_SECTION = Section(
+    "attacks",
+    {
+        # EOTPGD adds little on a smoothed classifier, whose gradient is already an expectation over m
+        # draws; the mnist5k preset runs it, the quick preset spends its minutes elsewhere.
+        "enabled": Key(
+            choices(_attack_names),
+            "attacks to run (each on the defences it applies to)",
+            ["pgd", "pgdl2", "art_pgd", "smoothadv", "bpda", "detector_evading"],
+            mnist5k=["pgd", "pgdl2", "eotpgd", "art_pgd", "smoothadv", "bpda", "detector_evading"],
+        ),
+        "points": Key(integer(1), "test points attacked per defence", 100),
+        "linf_eps": Key(
+            number_list(0, 1), "L-inf epsilon grid, in [0, 1] units", [0.1, 0.2], mnist5k=[0.1, 0.2, 0.3]
+        ),
+        "l2_eps": Key(
+            number_list(0), "L2 epsilon grid, in [0, 1] units", [0.5, 1.0], mnist5k=[0.5, 1.0, 2.0]
+        ),
+        "steps": Key(integer(1), "PGD steps of every attack", 10),
+        "relative_step": Key(number(0, 10, open_low=True), "step size as a multiple of eps / steps", 2.5),
+        "noise_samples": Key(integer(1), "m: noise draws per attack step on smoothed classifiers", 16),
+        "eot_iter": Key(integer(1), "EOTPGD gradient samples per step", 2),
+        "detector_weight": Key(number(0), "weight of the detector term of the detector-evading attack", 10.0),
+    },
+)
+
+
+# -- certificate_check -------------------------------------------------------------------------------------
+def _check_certificate_check(config: dict[str, Any]) -> None:
+    """Nothing to check without a smoothed defence: the check is switched off."""
+    smoothed = {"randomized_smoothing", "denoised_smoothing", "diffusion_smoothing"}
+    if config["certificate_check"]["enabled"] and not smoothed & set(config["defences"]["enabled"]):
+        config["certificate_check"]["enabled"] = False
+
+
+CERTIFICATE_CHECK = Section(
+    "certificate_check",
+    {
+        "enabled": Key(boolean, "attack certified points inside their certified radius", True),
+        "points": Key(integer(1), "most certified points attacked per smoothed defence", 100),
+        "steps": Key(integer(1), "SmoothAdv steps of the check", 20),
+        "confidence": Key(number(0.5, 1, open_high=True), "confidence of the binomial upper bound", 0.99),
+        "radius_factor": Key(
+            number(0, 1, open_low=True), "attack at this fraction of the certified radius (1 = at it)", 1.0
+        ),
+    },
+    _check_certificate_check,
+)
+
+
+# -- report ------------------------------------------------------------------------------------------------
+REPORT = Section(
+    "report",
+    {
+        "radius_grid": Key(
+            number_list(0), "radii of the certified-accuracy tables", [0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
+        ),
+        "plots": Key(boolean, "write PNG plots", True),
+    },
+)
+
+
+#: Every section, in the order of the resolved configuration, of ``config --keys`` and of the checks.
+SECTIONS: tuple[Section, ...] = (
+    RUN,
+    DATASET,
+    MODEL,
+    DEFENCES,
+    SMOOTHING,
+    DENOISED,
+    DIFFUSION,
+    ADVERSARIAL_TRAINING,
+    FEATURE_SQUEEZING,
+    ATTACKS_SECTION,
+    CERTIFICATE_CHECK,
+    REPORT,
+)

@@ -124,15 +124,19 @@ class Pipeline:
     # -- bookkeeping -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time a stage (added to :attr:`timings`) and log its start and end."""
+        """Time a stage (added to :attr:`timings`) and log its start and, when it finishes, its end (an
+        interrupted stage logs no end: the command's one line says what happened)."""
         self.log(f"[{name}] start")
         start = time.perf_counter()
+        finished = False
         try:
             yield
+            finished = True
         finally:
             seconds = time.perf_counter() - start
             self.timings[name] = self.timings.get(name, 0.0) + seconds
-            self.log(f"[{name}] {seconds:.1f} s")
+            if finished:
+                self.log(f"[{name}] {seconds:.1f} s")
 
     def _bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="unit", disable=not self.progress, leave=False)

@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, expected: str, got: Any = None, hint: str = "", *, show_got: bool = True):
         self.key = key
-        message = f"config key {key!r}: expected {expected}"
+        what = "argument" if key.startswith("-") else "config key"  # --out, --config: not config keys
+        message = f"{what} {key!r}: expected {expected}"
         if show_got:
             message += f"; got {got!r}"
         if hint:

@@ -25,7 +25,9 @@ __all__ = [
     "certified_accuracy_figure",
     "defence_colours",
     "plot_certificate_check",
+    "max_radius_figure",
     "plot_certified_accuracy",
+    "plot_max_radius",
     "plot_robust_accuracy",
     "robust_accuracy_figure",
 ]
@@ -409,5 +411,68 @@ def certificate_check_figure(
         bbox_to_anchor=(1.02, 1.0),
         frameon=False,
         markerscale=0.6,
+    )
+    return figure
+
+
+def plot_max_radius(
+    exact: Mapping[str, tuple[Any, Any]],
+    measured: Mapping[str, tuple[Any, Any]],
+    path: str | os.PathLike[str],
+    title: str = "Largest certifiable radius",
+    *,
+    colours: Mapping[str, str] | None = None,
+) -> Path:
+    """Write :func:`max_radius_figure` to ``path`` (PNG) and return the path."""
+    return _save(max_radius_figure(exact, measured, title, colours=colours), path)
+
+
+def max_radius_figure(
+    exact: Mapping[str, tuple[Any, Any]],
+    measured: Mapping[str, tuple[Any, Any]],
+    title: str = "Largest certifiable radius",
+    *,
+    colours: Mapping[str, str] | None = None,
+) -> Figure:
+    """The largest radius n samples can certify, against n (log axis), one colour per series (e.g. per
+    alpha): ``exact[series] = (n, radius)`` is the formula evaluated on a fine grid of n, drawn as a line;
+    ``measured[series] = (n, radius)`` the largest radius actually certified at the studied n, drawn as
+    markers only (nothing was measured between them)."""
+    if not exact:
+        raise ValueError("exact must map at least one series to its (n, radius) curve")
+    palette = _colour_map(colours, list(exact) + list(measured))
+    figure = Figure(figsize=(7.5, 4.6))
+    axes = figure.add_subplot(1, 1, 1)
+    for name, (ns, radii) in exact.items():
+        xs, ys = _xy(name, ns, radii)
+        axes.plot(xs, ys, linewidth=2.0, color=palette[name], label=f"{name}: σ·Φ⁻¹(α^(1/n))")
+    for name, (ns, radii) in measured.items():
+        xs, ys = _xy(name, ns, radii)
+        axes.plot(
+            xs,
+            ys,
+            linestyle="none",
+            marker="D",
+            markersize=6,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            color=palette[name],
+            label=f"{name}: largest radius certified (measured)",
+            zorder=3,
+        )
+    axes.set_xscale("log")
+    axes.set_xlabel("estimation samples n (log scale)")
+    axes.set_ylabel("L2 radius")
+    axes.set_ylim(bottom=0)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.set_title(title)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    figure.text(
+        0.01,
+        -0.02,
+        "lines: the formula (all n votes for one class); ◆ markers: the largest radius certified on the "
+        "test points at the studied n",
+        fontsize=8,
+        va="top",
     )
     return figure

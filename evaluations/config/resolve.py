@@ -160,6 +160,7 @@ def resolve_config(
             ("diffusion", "attack_points"),
             ("attacks", "points"),
             ("certificate_check", "points"),
+            ("study", "points"),
         ):
             value = config.get(section, {}).get(key)
             if isinstance(value, int) and not isinstance(value, bool):

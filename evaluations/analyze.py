@@ -3,8 +3,8 @@ anyone's ``certify.py`` / ``predict.py`` output (for example the authors' publis
 
 Usage::
 
-    python -m evaluations analyze LOG_OR_FOLDER [...] --out DIR [--radii 0 0.25 0.5 0.75 1 1.5]
-    python -m evaluations.analyze LOG_OR_FOLDER [...] --out DIR
+    python3 -m evaluations analyze LOG_OR_FOLDER [...] --out DIR [--radii 0 0.25 0.5 0.75 1 1.5]
+    python3 -m evaluations.analyze LOG_OR_FOLDER [...] --out DIR
 
 A folder stands for every file directly in it (sorted by name). Writes ``DIR/certified_accuracy.md``
 (one row per log: rows, certified accuracy in % at each radius, ACR, abstentions),

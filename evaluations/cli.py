@@ -149,14 +149,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=_description(prog), formatter_class=formatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{run,study,analyze,config}")
 
-    run = commands.add_parser(
-        "run",
-        help="run the evaluation pipeline",
-        description=_run_description(prog),
-        formatter_class=formatter,
-    )
-    _add_config_arguments(run)
-    _add_output_arguments(run, "results/<preset>/")
+    def long_command(name: str, help_text: str, description: str, out_default: str):
+        """A command that computes: config arguments, an output folder, a dry run."""
+        command = commands.add_parser(
+            name, help=help_text, description=description, formatter_class=formatter
+        )
+        _add_config_arguments(command)
+        _add_output_arguments(command, out_default)
+        return command
+
+    run = long_command("run", "run the evaluation pipeline", _run_description(prog), "results/<preset>/")
     run.add_argument(
         "--submissions",
         metavar="DIR",
@@ -164,14 +166,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "SUBMISSION'S MODEL CODE RUNS IT: use a sandbox for untrusted code",
     )
 
-    study = commands.add_parser(
+    long_command(
         "study",
-        help="certified accuracy against the number of samples n and the level alpha",
-        description=_study_description(prog),
-        formatter_class=formatter,
+        "certified accuracy against the number of samples n and the level alpha",
+        _study_description(prog),
+        "results/study-<preset>/",
     )
-    _add_config_arguments(study)
-    _add_output_arguments(study, "results/study-<preset>/")
 
     commands.add_parser(
         "analyze",
@@ -236,35 +236,40 @@ def _run(args: argparse.Namespace) -> int:
         )
         print(f"leaderboard: {out / 'leaderboard.md'}")
         return 0
-    config = _resolve(args)
-    out = check_output_folder(args.out or f"results/{config['preset']}")
-    if args.dry_run:
-        from .dryrun import dry_run
+    from .dryrun import dry_run
 
-        print(dry_run(config, cache_dir=args.cache_dir))
-        print(f"output folder {str(out)!r}: writable.")
-        return 0
-    from .pipeline import Pipeline
-    from .report import run_and_report
+    def run_pipeline(config: dict, out: Path) -> Path:
+        from .pipeline import Pipeline
+        from .report import run_and_report
 
-    pipeline = Pipeline(config, out, cache_dir=args.cache_dir, progress=not args.no_progress)
-    pipeline.prepare()
-    run_and_report(pipeline)
-    print(f"report: {out / 'report.md'}")
-    return 0
+        pipeline = Pipeline(config, out, cache_dir=args.cache_dir, progress=not args.no_progress)
+        pipeline.prepare()
+        run_and_report(pipeline)
+        return out / "report.md"
+
+    return _compute(args, "results/{preset}", dry_run, run_pipeline, "report")
 
 
 def _study(args: argparse.Namespace) -> int:
     from .study import run_study, study_dry_run
 
+    def study(config: dict, out: Path) -> Path:
+        run_study(config, out, cache_dir=args.cache_dir, progress=not args.no_progress)
+        return out / "study.md"
+
+    return _compute(args, "results/study-{preset}", study_dry_run, study, "study report")
+
+
+def _compute(args: argparse.Namespace, default_out: str, plan, work, what: str) -> int:
+    """The shape of every computing command: resolve and validate the configuration and the output
+    folder, then either print the dry run's plan or do the work and print where its report is."""
     config = _resolve(args)
-    out = check_output_folder(args.out or f"results/study-{config['preset']}")
+    out = check_output_folder(args.out or default_out.format(preset=config["preset"]))
     if args.dry_run:
-        print(study_dry_run(config, cache_dir=args.cache_dir))
+        print(plan(config, cache_dir=args.cache_dir))
         print(f"output folder {str(out)!r}: writable.")
         return 0
-    run_study(config, out, cache_dir=args.cache_dir, progress=not args.no_progress)
-    print(f"study report: {out / 'study.md'}")
+    print(f"{what}: {work(config, out)}")
     return 0
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from art_smoothing_plugin import statistics
+from art_smoothing_plugin.smoothing import certificate_from_counts
 
 from . import metrics
 from .cohen_logs import write_certify_log
@@ -64,12 +65,10 @@ def worst_case(entries: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 def _certificates_at(
     certified: dict[str, np.ndarray], alpha: float, sigma: float, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels, radii)`` when the same vote counts certify at level ``alpha`` (e.g. alpha / k), through
-    the statistics module: CERTIFY's own computation at another level, no new bound."""
-    p_lower = np.atleast_1d(statistics.clopper_pearson_lower(certified["counts_top"], n, alpha))
-    ok = p_lower > 0.5
-    radii = np.where(ok, np.atleast_1d(statistics.certified_radius(np.where(ok, p_lower, 0.75), sigma)), 0.0)
-    return np.where(ok, certified["candidates"], metrics.ABSTAIN), radii
+    """``(labels, radii)`` when the same vote counts certify at level ``alpha`` (e.g. alpha / k): CERTIFY's
+    own computation (:func:`art_smoothing_plugin.smoothing.certificate_from_counts`) at another level."""
+    result = certificate_from_counts(certified["candidates"], certified["counts_top"], 0, n, alpha, sigma)
+    return result.labels, result.radii
 
 
 def _corrected_curve(

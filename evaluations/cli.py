@@ -109,7 +109,7 @@ Writes study.md, study.json, study.tsv and PNG plots of certified accuracy again
 and of the largest certifiable radius sigma * Phi^-1(alpha^(1/n)) against n. Resumable like run.
 
 examples:
-  {prog} study                # digits, sigma 0.5, n up to 100,000 (minutes)
+  {prog} study                # digits, sigma 0.5, 50 points, n up to 100,000 (minutes)
   {prog} study --set "study.n_values=[100, 1000]" --out results/study-small
   {prog} study --dry-run      # validate and estimate the time"""
 

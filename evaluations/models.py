@@ -68,26 +68,38 @@ PICKLE_HINT = (
 )
 
 
+#: The most of a refused file's pickle that is read to describe it (a hostile file may be huge, or a zip
+#: that inflates without end); a description of the beginning is enough for the advice.
+_PICKLE_READ_LIMIT = 16 << 20
+
+
 def _pickle_bytes(path: Path) -> tuple[bytes, bool]:
-    """The main pickle of a weights file and whether torch.save wrote it (its zip format)."""
+    """The main pickle of a weights file (its first 16 MiB at most) and whether torch.save wrote it (its
+    zip format)."""
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             names = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            return (archive.read(names[0]) if names else b""), True
-    return path.read_bytes(), False
+            if not names:
+                return b"", True
+            with archive.open(names[0]) as member:
+                return member.read(_PICKLE_READ_LIMIT), True
+    with open(path, "rb") as stream:
+        return stream.read(_PICKLE_READ_LIMIT), False
 
 
 def pickle_contents(path: str | Path) -> tuple[str, list[str]]:
     """What a pickled weights file holds, read WITHOUT unpickling (opcodes only, no code runs): its top
-    level (``"dict"``, ``"object <module.Class>"`` or ``"unknown"``) and the Python globals it names
-    (``module.name``)."""
+    level (``"dict"``, ``"object <module.Class>"``, ``"other"`` or ``"unknown"``) and the Python globals
+    it names (``module.name``), as far as the opcodes can be read."""
+    texts = ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8")
+    bookkeeping = ("PROTO", "FRAME", "MARK", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
+    found: list[str] = []
+    strings: list[str] = []
+    top = "unknown"
     try:
         data, _ = _pickle_bytes(Path(path))
-        found: list[str] = []
-        strings: list[str] = []
-        top = "unknown"
         for opcode, argument, _ in pickletools.genops(io.BytesIO(data)):
-            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+            if opcode.name in texts:
                 strings.append(str(argument))
             name = None
             if opcode.name == "GLOBAL":
@@ -96,17 +108,16 @@ def pickle_contents(path: str | Path) -> tuple[str, list[str]]:
                 name = f"{strings[-2]}.{strings[-1]}"
             if name and name not in found:
                 found.append(name)
-            bookkeeping = ("PROTO", "FRAME", "MARK", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
             if top == "unknown" and opcode.name not in bookkeeping:
                 if opcode.name in ("EMPTY_DICT", "DICT"):
                     top = "dict"
                 elif name is not None:
                     top = "dict" if name in ("collections.OrderedDict", "builtins.dict") else f"object {name}"
-                elif opcode.name not in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                elif opcode.name not in texts:
                     top = "other"
-        return top, found
-    except Exception:  # not a pickle we can parse: say nothing rather than guess
-        return "unknown", []
+    except Exception:  # unreadable, or cut at the read limit: keep what was read, guess nothing more
+        pass
+    return top, found
 
 
 def pickle_hint(path: str | Path) -> str:

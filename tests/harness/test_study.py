@@ -151,7 +151,7 @@ def test_the_study_command_and_its_config_checks(tmp_path, capsys):
     out = tmp_path / "study"
     assert main(["study", "--dry-run", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]) == 0
     printed = capsys.readouterr().out
-    assert "100 points x (100 + 100,000) samples = 10,010,000 forward passes" in printed
+    assert "50 points x (100 + 100,000) samples = 5,005,000 forward passes" in printed
     assert "estimated total" in printed and not out.exists()
     assert main(["study", "--dry-run", "--set", "study.alphas=[0.01, 1]"]) == 2
     assert "config key 'study.alphas'" in capsys.readouterr().err

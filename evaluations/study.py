@@ -18,7 +18,7 @@ of :mod:`art_smoothing_plugin.statistics`), so:
   valid on its own, which is all a comparison of curves needs; disjoint samples per n would cost
   sum(n_values) instead of max(n_values) samples per point and make no single curve more valid.
 
-The work is cut into units of ``run.chunk_size`` points, each a checkpoint (:class:`WorkStore`), so an
+The work is cut into units of ``study.chunk_size`` points, each a checkpoint (:class:`WorkStore`), so an
 interrupted study resumes where it stopped; a tqdm bar counts the noisy samples. Output: ``study.md``,
 ``study.json``, ``study.tsv`` and ``plots/study_certified_accuracy.png``, ``plots/study_max_radius.png``.
 """
@@ -157,7 +157,7 @@ def run_study(
     atomic_write_json(out / "config.json", config)
     count = min(section["points"], len(dataset.x_test))
     x, y = dataset.x_test[:count], dataset.y_test[:count]
-    n_values, size = section["n_values"], config["run"]["chunk_size"]
+    n_values, size = section["n_values"], section["chunk_size"]
     work = WorkStore(out / "checkpoints", out / "events.jsonl")
     per_point = section["n0"] + max(n_values)
     parts = []
@@ -248,15 +248,16 @@ def study_figures(
     rows: list[dict[str, Any]], labels: np.ndarray, section: dict[str, Any], out: Path, dataset: str
 ) -> dict[str, Path]:
     """The study's two PNGs: certified accuracy against radius per n (at the smallest alpha) and per
-    alpha (at the largest n), and the largest certifiable radius against n per alpha (the exact curve
-    sigma * Phi^-1(alpha^(1/n)) as a line, the largest radius certified on the points as markers)."""
+    alpha (at the smallest n, where alpha matters most; the table has every other pair), and the largest
+    certifiable radius against n per alpha (the exact curve sigma * Phi^-1(alpha^(1/n)) as a line, the
+    largest radius certified on the points as markers)."""
     from art_smoothing_plugin import statistics
 
     from . import plots
 
     by_key = {(r["n"], r["alpha"]): r for r in rows}
     n_values, alphas = section["n_values"], section["alphas"]
-    alpha_fixed, n_fixed = min(alphas), max(n_values)
+    alpha_fixed, n_fixed = min(alphas), min(n_values)
     top = max(float(np.max(r["radii"], initial=0.0)) for r in rows)
     fine = np.linspace(0.0, top * 1.05 + 1e-9, 300)
     # one colour per series across both figures (an alpha keeps its colour in the two PNGs)

@@ -403,6 +403,9 @@ STUDY = Section(
             "levels alpha, each on the same counts",
             [0.001, 0.01, 0.1],
         ),
+        "chunk_size": Key(
+            integer(1), "test points per checkpointed unit of the study (resume granularity)", 10
+        ),
     },
 )
 

@@ -106,7 +106,11 @@ def test_every_certificate_is_sound_at_its_own_n_and_alpha():
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory, model_cache):
     config = tiny_config(
-        "study.points=12", "study.n_values=[300, 30, 100]", "study.alphas=[0.1, 0.001]", "study.n0=20"
+        "study.points=12",
+        "study.n_values=[300, 30, 100]",
+        "study.alphas=[0.1, 0.001]",
+        "study.n0=20",
+        "study.chunk_size=6",
     )
     out = tmp_path_factory.mktemp("study")
     summary = run_study(config, out, cache_dir=model_cache, progress=False, log=lambda m: None)

@@ -55,35 +55,45 @@ def prefix_counts(
     n_values: list[int],
     num_classes: int,
     batch_size: int,
-    seed: int,
+    seeds: list[int],
     device: Any,
     on_batch=None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(candidates, counts)``: the class chosen by ``n0`` selection samples per input, and its votes
-    among the first n samples of one estimation stream (drawn after the selection samples, from the same
-    seeded generator, so independent of them) at every n of ``n_values``: ``counts[i, j]`` for
-    ``n_values[j]``. Noise and votes come from the package's one sampler
-    (:func:`art_smoothing_plugin.sampling.count_votes`)."""
+    """``(candidates, counts)``: per input, the class chosen by ``n0`` selection samples, and its votes
+    among the first n samples of one estimation stream (drawn after the selection samples from the same
+    generator, so independent of them) at every n of ``n_values``: ``counts[i, j]`` for ``n_values[j]``.
+
+    Input ``i`` draws all its noise from its own generator, seeded with ``seeds[i]``, so its counts do not
+    depend on which other inputs share its unit of work (results do not depend on how the work is cut).
+    Noise and votes come from the package's one sampler (:func:`art_smoothing_plugin.sampling.count_votes`).
+    """
     import torch
 
     from art_smoothing_plugin.classifiers.torch_module import label_function
     from art_smoothing_plugin.sampling import count_votes, make_generator
 
+    if len(seeds) != len(x):
+        raise ValueError(f"seeds must hold one seed per input: {len(seeds)} seeds for {len(x)} inputs")
     classify = label_function(model, num_classes)
-    generator = make_generator(seed, device)
     inputs = torch.as_tensor(x, dtype=torch.float32, device=device)
+    candidates, counts = [], []
     with torch.inference_mode():
-        selection = count_votes(classify, inputs, n0, sigma, num_classes, batch_size, generator, on_batch)
-        candidates = selection.argmax(dim=1)
-        total = torch.zeros_like(selection)
-        counts, drawn = [], 0
-        for n in n_values:
-            total += count_votes(
-                classify, inputs, n - drawn, sigma, num_classes, batch_size, generator, on_batch
-            )
-            drawn = n
-            counts.append(total.gather(1, candidates.unsqueeze(1)).squeeze(1))
-    return candidates.cpu().numpy(), torch.stack(counts, dim=1).cpu().numpy()
+        for point, seed in zip(inputs, seeds, strict=True):
+            one = point.unsqueeze(0)
+            generator = make_generator(seed, device)
+            selection = count_votes(classify, one, n0, sigma, num_classes, batch_size, generator, on_batch)
+            candidate = int(selection.argmax(dim=1))
+            total, drawn, row = 0, 0, []
+            for n in n_values:
+                votes = count_votes(
+                    classify, one, n - drawn, sigma, num_classes, batch_size, generator, on_batch
+                )
+                total += int(votes[0, candidate])
+                drawn = n
+                row.append(total)
+            candidates.append(candidate)
+            counts.append(row)
+    return np.asarray(candidates, dtype=np.int64), np.asarray(counts, dtype=np.int64).reshape(len(x), -1)
 
 
 def study_certificates(
@@ -167,6 +177,7 @@ def run_study(
         for start in range(0, count, size):
             stop = min(start + size, count)
             key = {
+                "seeding": "per point",
                 "model": model_key,
                 "dataset": dataset.name,
                 "sigma": section["sigma"],
@@ -187,7 +198,7 @@ def run_study(
                     n_values=n_values,
                     num_classes=store.nb_classes,
                     batch_size=config["smoothing"]["batch_size"],
-                    seed=derive_seed(config["run"]["seed"], "study", start),
+                    seeds=[derive_seed(config["run"]["seed"], "study", i) for i in range(start, stop)],
                     device=device,
                     on_batch=bar.update,
                 )

@@ -40,7 +40,7 @@ def _counts(x0, n_values, n0=50, seed=0):
         n_values=n_values,
         num_classes=2,
         batch_size=4096,
-        seed=seed,
+        seeds=[seed * 100_000 + i for i in range(len(x))],
         device="cpu",
     )
 
@@ -140,6 +140,14 @@ def test_the_study_writes_its_tables_and_plots(study_run):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     on_disk = json.loads((out / "study.json").read_text())
     assert on_disk["results"] == json.loads(json.dumps(summary["results"]))
+
+
+def test_the_results_do_not_depend_on_how_the_points_are_cut(study_run, model_cache, tmp_path):
+    config, _, summary = study_run
+    other = {**config, "study": {**config["study"], "chunk_size": 5}}  # units of 5, 5 and 2 points
+    again = run_study(other, tmp_path, cache_dir=model_cache, progress=False, log=lambda m: None)
+    assert again["units_computed"] == 3
+    assert again["results"] == summary["results"]
 
 
 def test_a_rerun_of_the_study_resumes_and_computes_nothing(study_run, model_cache):

@@ -726,11 +726,12 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
             "p-value | flagged |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
+        columns = lines[-2].count("|") - 1
         for name, entry in smoothed.items():
             check = checks.get(name)
             if check is None:
                 reason = entry.get("not_attacked") or "certificate_check.enabled = false"
-                lines.append(f"| {name} | not checked ({reason}) |" + " – |" * 7)
+                lines.append(f"| {name} | not checked ({reason}) |" + " – |" * (columns - 2))
                 continue
             rate = "–" if check["trials"] == 0 else f"{check['rate']:.4f}"
             lines.append(

@@ -131,6 +131,9 @@ def test_a_defence_that_is_certified_but_not_attacked_says_why(tiny_run):
     assert f"| diffusion_sigma0.5 | diffusion_smoothing | 0 ({reason}) |" in report  # clean table
     assert report.count(f"| diffusion_sigma0.5 | {reason} |") == 2  # the L-inf and L2 tables
     assert f"| diffusion_sigma0.5 | not checked ({reason}) |" in report
+    header = next(line for line in report.splitlines() if line.startswith("| defence | trials |"))
+    row = next(line for line in report.splitlines() if "not checked (" in line)
+    assert row.count("|") == header.count("|")  # as many cells as the table has columns
     assert "Why PREDICT (the clean table) abstains far less often than CERTIFY" in report
 
 

@@ -1,4 +1,4 @@
-"""``python -m evaluations run|analyze|config ...`` (the same as the ``art-smoothing-eval`` command)."""
+"""``python3 -m evaluations run|study|analyze|config ...``, the same as the ``art-smoothing-eval`` command."""
 
 import sys
 

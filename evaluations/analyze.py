@@ -3,8 +3,8 @@ anyone's ``certify.py`` / ``predict.py`` output (for example the authors' publis
 
 Usage::
 
-    python -m evaluations analyze LOG_OR_FOLDER [...] --out DIR [--radii 0 0.25 0.5 0.75 1 1.5]
-    python -m evaluations.analyze LOG_OR_FOLDER [...] --out DIR
+    python3 -m evaluations analyze LOG_OR_FOLDER [...] --out DIR [--radii 0 0.25 0.5 0.75 1 1.5]
+    python3 -m evaluations.analyze LOG_OR_FOLDER [...] --out DIR
 
 A folder stands for every file directly in it (sorted by name). Writes ``DIR/certified_accuracy.md``
 (one row per log: rows, certified accuracy in % at each radius, ACR, abstentions),
@@ -177,9 +177,9 @@ def analyze_logs(
     return {**summary, "markdown": str(markdown), "plot": str(plot) if plot else None, "json": str(json_path)}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python3 -m evaluations analyze") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m evaluations analyze",
+        prog=prog,
         description="Certified-accuracy tables and plots from Cohen-format certify/predict logs.",
     )
     parser.add_argument("logs", nargs="+", help="log files, or folders (every file in them)")
@@ -195,9 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m evaluations analyze``: prints the table, returns 0 (2 on bad input)."""
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python3 -m evaluations analyze") -> int:
+    """Entry point of ``python3 -m evaluations analyze``: prints the table, returns 0 (2 on bad input).
+
+    :param prog: the program name shown in usage and help (the caller's, so every subcommand shows one).
+    """
+    args = build_parser(prog).parse_args(argv)
     try:
         result = analyze_logs(args.logs, args.out, args.radii, title=args.title)
     except ValueError as error:

@@ -39,29 +39,49 @@ class _WithTimestep(torch.nn.Module):
         return self.model(x, self.steps[: len(x)])
 
 
-def _throughput(model: torch.nn.Module, shape: tuple[int, ...], batch: int = 1000) -> tuple[float, float]:
-    """Seconds per sample of a forward pass and of a forward+backward pass (median of 3)."""
+def _throughput(
+    model: torch.nn.Module, shape: tuple[int, ...], batch: int = 1000, window: float = 0.4
+) -> tuple[float, float]:
+    """Seconds per sample of a forward pass and of a forward+backward pass, each averaged over passes
+    repeated for at least ``window`` seconds after one untimed warm-up (the first call pays for
+    allocations). A window, not a few passes: on a shared CPU a few milliseconds can land in a quiet
+    moment and make the estimate several times too small (measured: 2.3 against 48 µs per sample)."""
     x = torch.rand((batch, *shape))
     model.eval()
-    forward, backward = [], []
-    for _ in range(3):
-        start = time.perf_counter()
+    with torch.inference_mode():
+        model(x)
+
+    def per_sample(step) -> float:
+        passes, start = 0, time.perf_counter()
+        while True:
+            step()
+            passes += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= window:
+                return elapsed / (passes * batch)
+
+    def forward() -> None:
         with torch.inference_mode():
             model(x)
-        forward.append(time.perf_counter() - start)
+
+    def backward() -> None:
         z = x.clone().requires_grad_(True)
-        start = time.perf_counter()
         model(z).sum().backward()
-        backward.append(time.perf_counter() - start)
-    return float(np.median(forward)) / batch, float(np.median(backward)) / batch
+
+    return per_sample(forward), per_sample(backward)
 
 
 def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[dict[str, Any]]:
-    """One row per (stage, defence): units of work and forward / forward+backward passes of the base model."""
+    """One row per (stage, defence): units of work, forward and forward+backward passes of the base model,
+    the batch sizes they run at (``forward_batch``, ``backward_batch``), which set their cost per sample
+    (a small CNN costs several times more per sample in batches of 50 than of 1,000), and the calls of a
+    detector on one chunk (``detector_calls``: ART predictions of every squeezed view, timed as a whole)."""
     attacks = build_attacks(config)
     chunk = config["run"]["chunk_size"]
     m = config["attacks"]["noise_samples"]
     steps = config["attacks"]["steps"]
+    sampling_batch = config["smoothing"]["batch_size"]
+    squeezers = len(config["feature_squeezing"]["squeezers"])
     rows = []
     for kind_name in config["defences"]["enabled"]:
         kind = DEFENCE_KINDS[kind_name]
@@ -72,6 +92,9 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
             attacked = min(attacked, test_size)
             copies = m if smoothed else 1
             predict = config["smoothing"]["predict_n"] if smoothed else 1
+            answer_batch = sampling_batch if smoothed else min(chunk, max(1, attacked))
+            attack_batch = min(chunk, max(1, attacked)) * copies
+            detector = kind_name == "feature_squeezing"
             rows.append(
                 {
                     "stage": "clean",
@@ -79,6 +102,9 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
                     "units": -(-attacked // chunk),
                     "forward": attacked * predict,
                     "backward": 0,
+                    "forward_batch": answer_batch,
+                    "backward_batch": attack_batch,
+                    "detector_calls": -(-attacked // chunk) if detector else 0,
                 }
             )
             if smoothed:
@@ -90,6 +116,9 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
                         "units": -(-points // chunk),
                         "forward": points * (section["n0"] + section["n"]),
                         "backward": 0,
+                        "forward_batch": sampling_batch,
+                        "backward_batch": attack_batch,
+                        "detector_calls": 0,
                     }
                 )
                 if config["certificate_check"]["enabled"] and attacked > 0:
@@ -101,21 +130,31 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
                             "units": -(-checked // chunk),
                             "forward": checked * predict,
                             "backward": checked * config["certificate_check"]["steps"] * copies,
+                            "forward_batch": sampling_batch,
+                            "backward_batch": attack_batch,
+                            "detector_calls": 0,
                         }
                     )
-            units = forward = backward = 0
+            units = forward = backward = calls = 0
             for attack in attacks:
                 applies = smoothed or attack.name not in ("eotpgd", "smoothadv")
                 if kind_name != "feature_squeezing" and attack.name in ("bpda", "detector_evading"):
                     applies = False
                 if not applies or attacked == 0:
                     continue
+                # passes per step: EOT's gradient samples; the detector-evading attack differentiates
+                # every squeezed view twice (its loss and the detector's score) and asks the detector
+                # (ART's predict on every view) whether each step succeeded
+                per_step = config["attacks"]["eot_iter"] if attack.name == "eotpgd" else 1
+                per_step *= 2 * (1 + squeezers) if attack.name == "detector_evading" else 1
                 for norm in attack.norms:
                     grid = [e for e in config["attacks"][f"{norm}_eps"] if e > 0]
-                    iterations = steps * (config["attacks"]["eot_iter"] if attack.name == "eotpgd" else 1)
-                    units += len(grid) * -(-attacked // chunk)
-                    backward += len(grid) * attacked * iterations * copies
+                    chunks = len(grid) * -(-attacked // chunk)
+                    units += chunks
+                    backward += len(grid) * attacked * steps * per_step * copies
                     forward += len(grid) * attacked * predict
+                    if detector:  # the verdict on every attacked chunk, and every step's check
+                        calls += chunks * (1 + (steps if attack.name == "detector_evading" else 0))
             rows.append(
                 {
                     "stage": "attacks",
@@ -123,13 +162,62 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
                     "units": units,
                     "forward": forward,
                     "backward": backward,
+                    "forward_batch": answer_batch,
+                    "backward_batch": attack_batch,
+                    "detector_calls": calls,
                 }
             )
     return rows
 
 
+class _Costs:
+    """Seconds per sample of a model's forward and forward+backward passes, measured here at each batch
+    size a stage uses (small batches cost far more per sample), each size measured once."""
+
+    def __init__(self, model: torch.nn.Module, shape: tuple[int, ...]) -> None:
+        self.model, self.shape, self.measured = model, shape, {}
+
+    def __call__(self, batch: int) -> tuple[float, float]:
+        batch = max(1, int(batch))
+        if batch not in self.measured:
+            self.measured[batch] = _throughput(self.model, self.shape, batch=batch)
+        return self.measured[batch]
+
+
+def _fixed_seconds() -> float:
+    """What a run spends besides its models' passes, measured here: importing the libraries it needs that
+    this process has not imported yet (the run imports them too), and drawing its three figures."""
+    import importlib
+    import io
+    import sys
+
+    start = time.perf_counter()
+    for name in ("art.estimators.classification", "torchattacks", "matplotlib.figure"):
+        if name not in sys.modules:
+            importlib.import_module(name)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    for _ in range(3):  # the report's certified accuracy, robust accuracy and certificate check plots
+        figure = Figure(figsize=(9, 4.8))
+        axes = figure.add_subplot(1, 1, 1)
+        for k in range(8):
+            axes.plot(np.linspace(0, 1, 240), np.linspace(1, 0, 240) ** (k + 1), label=str(k))
+        axes.legend()
+        FigureCanvasAgg(figure)
+        figure.savefig(io.BytesIO(), format="png", dpi=120, bbox_inches="tight")
+    return time.perf_counter() - start
+
+
 def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
-    """Validate ``config`` as a real run would (data, user model), then describe the plan and estimate."""
+    """Validate ``config`` as a real run would (data, user model), then describe the plan and estimate.
+
+    The estimate adds up, per stage, the base model's forward and forward+backward passes at the batch
+    sizes that stage uses, each at this machine's measured cost per sample at that batch size; the
+    denoisers' and the DDPM's passes and training; and the fixed costs measured here (validation, library
+    imports, figures). ART's and torchattacks' own bookkeeping is not counted: the figure is a planning
+    one, stated as about ±2x (docs/evaluation-harness.md gives measured ratios)."""
+    started = time.perf_counter()
     device = resolve_device(config["run"]["device"])
     threads = config["run"]["threads"]
     if threads:
@@ -142,13 +230,18 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
         f"{len(dataset.x_test)} test); configuration valid."
     ]
     if store.user_model:
-        model, key = store.load_user()
-        lines.append(f"user model {config['model']['module']} loads and fits its weights (key {key}).")
+        model, classifier_key = store.load_user()
+        lines.append(
+            f"user model {config['model']['module']} loads and fits its weights (key {classifier_key})."
+        )
         training_rows = []
     else:
         model = build_model(config["model"]["architecture"], dataset.input_shape, store.nb_classes)
         training_rows = _training_plan(config, store)
-    forward, backward = _throughput(model, dataset.input_shape)
+        classifier_key = config_hash(store.training_spec("clean"))
+    validation = time.perf_counter() - started
+    costs = _Costs(model, dataset.input_shape)
+    forward, backward = costs(1000)
     denoiser_forward = 0.0
     if "denoised_smoothing" in config["defences"]["enabled"] and config["denoised"]["denoiser"] != "none":
         from art_smoothing_plugin.denoisers import DENOISER_ARCHITECTURES
@@ -156,7 +249,8 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
         denoiser = DENOISER_ARCHITECTURES[config["denoised"]["denoiser"]](
             channels=dataset.input_shape[0], **config["denoised"]["denoiser_kwargs"]
         )
-        denoiser_forward, _ = _throughput(denoiser, dataset.input_shape)
+        denoiser_forward, denoiser_backward = _throughput(denoiser, dataset.input_shape)
+        training_rows += _denoiser_training(config, store, classifier_key, denoiser_backward + backward)
     ddpm_forward = ddpm_train_seconds = 0.0
     if "diffusion_smoothing" in config["defences"]["enabled"]:
         from art_smoothing_plugin.denoisers.ddpm import TinyUNet
@@ -172,18 +266,23 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
             ddpm_train_seconds = diffusion["ddpm_epochs"] * len(dataset.x_train) * ddpm_backward
     lines.append(
         f"measured here: {1e6 * forward:.1f} µs per forward sample, "
-        f"{1e6 * backward:.1f} µs per forward+backward"
+        f"{1e6 * backward:.1f} µs per forward+backward (batches of 1,000)"
         + (f", denoiser {1e6 * denoiser_forward:.1f} µs per forward sample" if denoiser_forward else "")
         + "."
     )
-    total = 0.0
+    detector_call = 0.0
+    if "feature_squeezing" in config["defences"]["enabled"]:
+        detector_call = _detector_call_seconds(config, model, dataset, store.nb_classes)
+    fixed = validation + _fixed_seconds()
+    total = fixed
     lines += [
         "",
         "| stage | model / defence | units | forward passes | backward passes | estimate (s) |",
         "|---|---|---|---|---|---|",
+        f"| setup | validation, imports, figures | | | | {fixed:.0f} |",
     ]
     for row in training_rows:
-        seconds = row["backward"] * backward * (1.0 if row["status"] == "to train" else 0.0)
+        seconds = row.get("seconds", row["backward"] * backward) if row["status"] == "to train" else 0.0
         total += seconds
         lines.append(
             f"| train | {row['name']} ({row['status']}) | 1 | | {row['backward']:,} | {seconds:.0f} |"
@@ -194,7 +293,10 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
     for row in plan_work(config, len(dataset.x_train), len(dataset.x_test)):
         extra = denoiser_forward if row["defence"].startswith("denoised") else 0.0
         extra = ddpm_forward if row["defence"].startswith("diffusion") else extra
-        seconds = row["forward"] * (forward + extra) + row["backward"] * (backward + 2 * extra)
+        forward_cost = costs(row["forward_batch"])[0] if row["forward"] else 0.0
+        backward_cost = costs(row["backward_batch"])[1] if row["backward"] else 0.0
+        seconds = row["forward"] * (forward_cost + extra) + row["backward"] * (backward_cost + 2 * extra)
+        seconds += row["detector_calls"] * detector_call
         total += seconds
         lines.append(
             f"| {row['stage']} | {row['defence']} | {row['units']} | {row['forward']:,} | "
@@ -202,6 +304,60 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
         )
     lines += ["", f"estimated total: {total / 60:.1f} minutes on this machine (planning figure, about ±2x)."]
     return "\n".join(lines)
+
+
+def _detector_call_seconds(
+    config: dict[str, Any], model: torch.nn.Module, dataset: Any, nb_classes: int
+) -> float:
+    """Seconds of one feature-squeezing detector score on a chunk of test inputs (ART's predict of the
+    input and of every squeezed view, the squeezers in NumPy), measured here: median of 3 after a
+    warm-up."""
+    from art.estimators.classification import PyTorchClassifier
+
+    from .defences.feature_squeezing import FeatureSqueezingDetector, squeezers
+
+    settings = config["feature_squeezing"]
+    options = {"bit_depth": settings["bit_depth"], "median_window": settings["median_window"]}
+    classifier = PyTorchClassifier(
+        model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=dataset.input_shape,
+        nb_classes=nb_classes,
+        clip_values=(0.0, 1.0),
+    )
+    detector = FeatureSqueezingDetector(classifier, squeezers(settings["squeezers"], **options))
+    x = dataset.x_test[: config["run"]["chunk_size"]]
+    detector.score(x)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        detector.score(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _denoiser_training(
+    config: dict[str, Any], store: ModelStore, classifier_key: str, seconds_per_sample: float
+) -> list[dict[str, Any]]:
+    """One training row per denoiser that is not cached yet (denoised smoothing trains one per sigma, on
+    a user's model too)."""
+    from .defences.smoothing import denoiser_spec
+
+    rows = []
+    section = config["denoised"]
+    for sigma in section["sigmas"]:
+        spec = denoiser_spec(config, store.dataset.name, sigma, classifier_key)
+        cached = any(store.cache_dir.glob(f"*-{config_hash(spec)}.pt"))
+        passes = spec["epochs"] * len(store.dataset.x_train)
+        rows.append(
+            {
+                "name": f"denoiser-{section['denoiser']}-sigma{sigma:g}",
+                "status": "cached" if cached else "to train",
+                "backward": passes,
+                "seconds": passes * seconds_per_sample,
+            }
+        )
+    return rows
 
 
 def _training_plan(config: dict[str, Any], store: ModelStore) -> list[dict[str, Any]]:

@@ -2,8 +2,10 @@
 
 Layout of the submissions folder: one sub-folder per submission (its name is the submission's name),
 holding the model code, the weights and optionally ``submission.toml`` (or ``.json``) with a ``[model]``
-table (``module``, ``weights``, ``kwargs``, ``mean``, ``std``, ``nb_classes``) and a ``[smoothing]``
-table (``sigmas``: the noise level(s) the student trained for). Without that file the defaults are
+table (``module``, ``weights``, ``kwargs``, ``mean``, ``std``, ``nb_classes``). A ``[smoothing]`` table
+with ``sigmas`` is accepted but ignored, with a note in that submission's report: the instructor's
+configuration fixes the sigmas and defences of every submission, so ranks compare like with like.
+Without that file the defaults are
 ``module = "model.py:Model"`` and the one ``.pt``/``.pth``/``.safetensors`` file of the folder. Paths are
 relative to the submission's folder.
 
@@ -12,10 +14,11 @@ running code, but the model class is Python the student wrote: run instructor mo
 a throwaway account when submissions are not trusted.
 
 Every submission is validated first (config, import, weights, output shape); one that fails gets a row
-with its error and the others still run. Defences that train their own classifier (adversarial
-training) are left out: a submission is evaluated as given, undefended, under feature squeezing, and
-smoothed at its sigmas. Output: ``<out>/<submission>/`` (each one's full report) and
-``<out>/leaderboard.md``, ``.tsv`` and ``.json``.
+with its error, listed without a rank, and the others still run. Defences that train their own
+classifier (adversarial training) are left out: a submission is evaluated as given (undefended), under
+feature squeezing, and smoothed at the instructor's sigmas. The ranking uses each submission's best
+smoothed defence chosen at alpha / k (:func:`leaderboard_rows`). Output: ``<out>/<submission>/`` (each
+one's full report) and ``<out>/leaderboard.md``, ``.tsv`` and ``.json`` (numbers as numbers there).
 """
 
 from __future__ import annotations
@@ -105,18 +108,44 @@ def discover_submissions(folder: str | Path) -> list[Submission]:
     return submissions
 
 
-def _config_for(submission: Submission, preset, file_config, overrides, limit) -> dict[str, Any]:
+#: The note a submission's report carries when its own ``[smoothing] sigmas`` were set aside.
+SIGMAS_IGNORED = (
+    "This submission's own [smoothing] sigmas = {sigmas} were ignored: in instructor mode the instructor's "
+    "configuration fixes the σ values and defences of every submission, so ranks compare like with like."
+)
+
+
+def _config_for(
+    submission: Submission, preset, file_config, overrides, limit
+) -> tuple[dict[str, Any], list[str]]:
+    """A submission's configuration and the notes of its report. The instructor's configuration (preset,
+    ``--config``, ``--set``) fixes everything but the ``[model]`` table: the same defences and the same
+    sigmas for every submission (a submission's ``[smoothing] sigmas`` is ignored, with a note), minus
+    the defences that train their own classifier."""
     base = copy.deepcopy(dict(file_config or {}))
-    for section, values in submission.overrides.items():
-        base.setdefault(section, {}).update(values)
+    notes = []
+    base.setdefault("model", {}).update(submission.overrides.get("model", {}))
+    if "smoothing" in submission.overrides:
+        notes.append(SIGMAS_IGNORED.format(sigmas=submission.overrides["smoothing"].get("sigmas")))
     probe = resolve_config(preset, {k: v for k, v in base.items() if k != "model"}, overrides, limit)
     enabled = [d for d in probe["defences"]["enabled"] if not DEFENCE_KINDS[d].trains_classifier]
     base.setdefault("defences", {})["enabled"] = enabled
-    return resolve_config(preset, base, overrides, limit)
+    return resolve_config(preset, base, overrides, limit), notes
+
+
+#: What the robust columns measure.
+ROBUST_SOURCE = "undefended"
 
 
 def leaderboard_rows(reports: dict[str, dict[str, Any] | str]) -> tuple[list[str], list[list[Any]], str]:
-    """``(header, rows, ranking note)`` from each submission's results (or its error message)."""
+    """``(header, rows, ranking note)`` from each submission's results (or a status string: an error
+    message, or the dry run's "valid"). Cells are numbers (percent), strings or ``None`` (no value).
+
+    Ranking: a submission with a smoothed defence is ranked by the ACR of its best one chosen WITHOUT
+    optimism, as its report does (``results["selection"]``: every certificate of its k smoothed defences
+    recomputed at alpha / k from the same counts, so all hold jointly at alpha); the certified columns
+    are that defence's, at that level. Otherwise by the mean worst-case robust accuracy. Only evaluated
+    submissions are ranked; the others are listed after them with their status and rank ``None``."""
     sample = next((r for r in reports.values() if isinstance(r, dict)), None)
     header = ["rank", "submission", "status", "clean accuracy (%)"]
     eps_columns: list[tuple[str, float]] = []
@@ -127,54 +156,70 @@ def leaderboard_rows(reports: dict[str, dict[str, Any] | str]) -> tuple[list[str
             ("l2", e) for e in config["attacks"]["l2_eps"]
         ]
         radii = [r for r in config["report"]["radius_grid"] if r > 0]
-    header += [f"robust {'L∞' if n == 'linf' else 'L2'} ε={e:g} (%)" for n, e in eps_columns]
-    header += [f"certified r={r:g} (%)" for r in radii] + ["ACR", "certificate check"]
-    scored = []
+    header += [f"{ROBUST_SOURCE} robust {'L∞' if n == 'linf' else 'L2'} ε={e:g} (%)" for n, e in eps_columns]
+    header += ["selected defence (α/k)"] + [f"certified r={r:g} (%)" for r in radii]
+    header += ["ACR (α/k)", "certificate check"]
+    ranked, unranked = [], []
+    certified_any = False
     for name, report in reports.items():
         if not isinstance(report, dict):
-            scored.append((float("-inf"), [name, f"invalid: {report}"] + [""] * (len(header) - 3)))
+            unranked.append([None, name, str(report)] + [None] * (len(header) - 3))
             continue
-        undefended = report["defences"].get("undefended", {})
-        cells: list[Any] = [name, "ok", _pct(undefended.get("clean_accuracy"))]
+        source = report["defences"].get(ROBUST_SOURCE, {})
+        cells: list[Any] = [name, "ok", _pct(source.get("clean_accuracy"))]
         robust_values = []
         for norm, eps in eps_columns:
-            worst = undefended.get("empirical", {}).get(norm, {}).get("worst_case")
+            worst = source.get("empirical", {}).get(norm, {}).get("worst_case")
             value = worst["accuracy"][worst["eps"].index(eps)] if worst and eps in worst["eps"] else None
             robust_values.append(value)
             cells.append(_pct(value))
-        smoothed = [e for e in report["defences"].values() if e.get("certified")]
-        best = max(smoothed, key=lambda e: e["certified"]["acr"], default=None)
+        selection = report.get("selection")
+        chosen = selection["defences"][selection["best"]] if selection else None
+        certified_any |= chosen is not None
+        cells.append(selection["best"] if selection else None)
         for radius in radii:
             value = None
-            if best is not None and radius in best["certified"]["radius_grid"]:
-                value = best["certified"]["accuracy"][best["certified"]["radius_grid"].index(radius)]
+            if chosen is not None and radius in selection["radius_grid"]:
+                value = chosen["accuracy"][selection["radius_grid"].index(radius)]
             cells.append(_pct(value))
-        cells.append(f"{best['certified']['acr']:.3f}" if best else "")
+        cells.append(round(chosen["acr"], 4) if chosen else None)
+        smoothed = [e for e in report["defences"].values() if e.get("certified")]
         flagged = [e["certificate_check"]["flagged"] for e in smoothed if "certificate_check" in e]
-        cells.append("" if not flagged else ("FLAGGED" if any(flagged) else "passed"))
+        cells.append(None if not flagged else ("FLAGGED" if any(flagged) else "passed"))
         known = [v for v in robust_values if v is not None]
-        score = best["certified"]["acr"] if best else (sum(known) / len(known) if known else float("-inf"))
-        scored.append((score, cells))
-    note = (
-        "Ranked by the average certified radius (ACR) of the submission's best sigma"
-        if sample is not None
-        and any(
-            e.get("certified")
-            for r in reports.values()
-            if isinstance(r, dict)
-            for e in r["defences"].values()
+        score = chosen["acr"] if chosen else (sum(known) / len(known) if known else float("-inf"))
+        ranked.append((score, cells))
+    if certified_any:
+        note = (
+            "Ranked by the average certified radius (ACR) of each submission's best smoothed defence, chosen "
+            "among its k smoothed defences with every certificate recomputed at α/k from the same counts "
+            "(all hold jointly at α, so the choice is not optimistic); the certified columns are that "
+            "defence's, at that level"
         )
-        else "Ranked by the mean worst-case robust accuracy of the submitted model over every epsilon"
+    else:
+        note = "Ranked by the mean worst-case robust accuracy of the submitted model over every epsilon"
+    note += (
+        f". Robust columns: the submitted model as given ({ROBUST_SOURCE}), worst case over every attack "
+        "that applies. Submissions that were not evaluated are listed after the ranked ones, without a rank"
     )
-    rows = [[rank, *cells] for rank, (_, cells) in enumerate(sorted(scored, key=lambda s: -s[0]), start=1)]
-    return header, rows, note
+    rows = [[rank, *cells] for rank, (_, cells) in enumerate(sorted(ranked, key=lambda s: -s[0]), start=1)]
+    return header, rows + unranked, note
 
 
-def _pct(value: Any) -> str:
-    return "" if value is None else f"{100.0 * float(value):.1f}"
+def _pct(value: Any) -> float | None:
+    return None if value is None else round(100.0 * float(value), 2)
 
 
-def _write(out: Path, reports: dict[str, dict[str, Any] | str]) -> None:
+def _text(value: Any, column: str) -> str:
+    """A cell as the Markdown table prints it: percentages with one decimal, radii with three."""
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.1f}" if column.endswith("(%)") else f"{value:.3f}"
+    return str(value)
+
+
+def _write(out: Path, reports: dict[str, dict[str, Any] | str]) -> Path:
     header, rows, note = leaderboard_rows(reports)
     lines = [
         "# Leaderboard",
@@ -187,12 +232,13 @@ def _write(out: Path, reports: dict[str, dict[str, Any] | str]) -> None:
     for row in rows:
         name = row[1]
         link = f"[{name}]({name}/report.md)" if row[2] == "ok" else name
-        lines.append("| " + " | ".join(str(c) for c in [row[0], link, *row[2:]]) + " |")
-    atomic_write_text(out / "leaderboard.md", "\n".join(lines) + "\n")
-    atomic_write_text(
-        out / "leaderboard.tsv", "\n".join("\t".join(map(str, r)) for r in [header, *rows]) + "\n"
-    )
+        cells = [row[0], link, *row[2:]]
+        lines.append("| " + " | ".join(_text(c, h) for c, h in zip(cells, header, strict=True)) + " |")
+    path = atomic_write_text(out / "leaderboard.md", "\n".join(lines) + "\n")
+    tsv = [header, *[["" if c is None else c for c in row] for row in rows]]
+    atomic_write_text(out / "leaderboard.tsv", "\n".join("\t".join(map(str, r)) for r in tsv) + "\n")
     atomic_write_json(out / "leaderboard.json", {"header": header, "rows": rows, "ranking": note})
+    return path
 
 
 def run_leaderboard(
@@ -216,10 +262,10 @@ def run_leaderboard(
     pipelines: dict[str, Pipeline] = {}
     for submission in discover_submissions(submissions_dir):
         if submission.error:
-            reports[submission.name] = submission.error
+            reports[submission.name] = f"invalid: {submission.error}"
             continue
         try:
-            config = _config_for(submission, preset, file_config, overrides, limit)
+            config, notes = _config_for(submission, preset, file_config, overrides, limit)
             pipeline = Pipeline(
                 config,
                 out / submission.name,
@@ -227,12 +273,13 @@ def run_leaderboard(
                 progress=progress,
                 log=log,
                 search_path=submission.folder,
+                notes=notes,
             )
             pipeline.prepare()
             pipelines[submission.name] = pipeline
             log(f"submission {submission.name}: valid")
         except ConfigError as error:
-            reports[submission.name] = str(error)
+            reports[submission.name] = f"invalid: {error}"
             log(f"submission {submission.name}: INVALID: {error}")
     if dry_run:
         for name in pipelines:

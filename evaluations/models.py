@@ -19,10 +19,14 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import pickle
+import pickletools
 import sys
 import time
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,7 @@ __all__ = [
     "load_state_dict_file",
     "load_user_model",
     "train_cross_entropy",
+    "user_weights_path",
 ]
 
 #: Where trained models are cached unless ``--cache-dir`` says otherwise.
@@ -61,6 +66,99 @@ PICKLE_HINT = (
     "which would run code when loaded. Convert it ONCE, on a machine you trust, to a plain state_dict: "
     "model = torch.load('model.pt', weights_only=False); torch.save(model.state_dict(), 'weights.pt')"
 )
+
+
+#: The most of a refused file's pickle that is read to describe it (a hostile file may be huge, or a zip
+#: that inflates without end); a description of the beginning is enough for the advice.
+_PICKLE_READ_LIMIT = 16 << 20
+
+
+def _pickle_bytes(path: Path) -> tuple[bytes, bool]:
+    """The main pickle of a weights file (its first 16 MiB at most) and whether torch.save wrote it (its
+    zip format)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if not names:
+                return b"", True
+            with archive.open(names[0]) as member:
+                return member.read(_PICKLE_READ_LIMIT), True
+    with open(path, "rb") as stream:
+        return stream.read(_PICKLE_READ_LIMIT), False
+
+
+def pickle_contents(path: str | Path) -> tuple[str, list[str]]:
+    """What a pickled weights file holds, read WITHOUT unpickling (opcodes only, no code runs): its top
+    level (``"dict"``, ``"object <module.Class>"``, ``"other"`` or ``"unknown"``) and the Python globals
+    it names (``module.name``), as far as the opcodes can be read."""
+    texts = ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8")
+    bookkeeping = ("PROTO", "FRAME", "MARK", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
+    found: list[str] = []
+    strings: list[str] = []
+    top = "unknown"
+    try:
+        data, _ = _pickle_bytes(Path(path))
+        for opcode, argument, _ in pickletools.genops(io.BytesIO(data)):
+            if opcode.name in texts:
+                strings.append(str(argument))
+            name = None
+            if opcode.name == "GLOBAL":
+                name = str(argument).replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            if name and name not in found:
+                found.append(name)
+            if top == "unknown" and opcode.name not in bookkeeping:
+                if opcode.name in ("EMPTY_DICT", "DICT"):
+                    top = "dict"
+                elif name is not None:
+                    top = "dict" if name in ("collections.OrderedDict", "builtins.dict") else f"object {name}"
+                elif opcode.name not in texts:
+                    top = "other"
+    except Exception:  # unreadable, or cut at the read limit: keep what was read, guess nothing more
+        pass
+    return top, found
+
+
+def pickle_hint(path: str | Path) -> str:
+    """Advice that fits what a refused weights file holds: a whole model, a dict such as a training
+    checkpoint, or a state_dict written with ``pickle`` instead of ``torch.save``."""
+    path = Path(path)
+    top, found = pickle_contents(path)
+    _, from_torch = _pickle_bytes(path) if path.is_file() else (b"", True)
+    torch_names = ("torch._utils.", "torch.", "collections.OrderedDict", "builtins.")
+    foreign = [name for name in found if not name.startswith(torch_names)]
+    named = f" (it names {', '.join(foreign[:4])})" if foreign else ""
+    if top == "dict" and not foreign and not from_torch:
+        return (
+            "The file is a dict of tensors written with pickle, not torch.save; pickle stores tensors in a "
+            "form that only running code can read. Re-save it ONCE, on a machine you trust: "
+            f"torch.save(pickle.load(open('{path.name}', 'rb')), 'weights.pt'); and save weights with "
+            "torch.save(model.state_dict(), 'weights.pt') from then on"
+        )
+    if top == "dict":
+        advice = (
+            f"The file holds a dict with Python objects besides tensors{named}, for example a training "
+            "checkpoint with an epoch count, metrics or optimizer state; loading it would run code. Keep "
+            "only the parameters, ONCE, on a machine you trust: checkpoint = torch.load("
+            f"'{path.name}', weights_only=False); torch.save(checkpoint['state_dict'], 'weights.pt') "
+            "(with the key that holds the model's parameters)"
+        )
+    elif top.startswith("object "):
+        advice = (
+            f"The file holds a pickled Python object ({top.removeprefix('object ')}), for example a whole "
+            "model saved with torch.save(model); loading it would run code. Convert it ONCE, on a machine "
+            f"you trust, to a plain state_dict: model = torch.load('{path.name}', weights_only=False); "
+            "torch.save(model.state_dict(), 'weights.pt')"
+        )
+    else:
+        advice = PICKLE_HINT
+    if not from_torch:
+        advice += (
+            ". It was written with pickle, not torch.save: save the weights with "
+            "torch.save(model.state_dict(), 'weights.pt')"
+        )
+    return advice
 
 
 class Normalized(nn.Module):
@@ -142,14 +240,18 @@ def load_state_dict_file(path: str | Path, key: str = "model.weights") -> dict[s
         except Exception as error:
             raise ConfigError(key, "a valid .safetensors file", str(path), hint=str(error)) from None
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files written with pickle; the refusal below says
+            # what to do about them, so the warning would only add noise to the output.
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise ConfigError(
-            key, "a state_dict loadable with torch.load(weights_only=True)", str(path), hint=PICKLE_HINT
+            key, "a state_dict loadable with torch.load(weights_only=True)", str(path), hint=pickle_hint(path)
         ) from None
     except RuntimeError as error:
         hint = (
-            PICKLE_HINT
+            pickle_hint(path)
             if "weights_only" in str(error).lower() or "unpickl" in str(error).lower()
             else str(error)
         )
@@ -180,6 +282,14 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def user_weights_path(model_config: dict[str, Any], search_path: Path | None = None) -> Path:
+    """The user's weights file: ``model.weights``, relative to ``search_path`` (a submission's folder)."""
+    weights = Path(model_config["weights"]).expanduser()
+    if not weights.is_absolute() and search_path is not None:
+        weights = search_path / weights
+    return weights
+
+
 def load_user_model(
     model_config: dict[str, Any], dataset: Dataset, search_path: Path | None = None
 ) -> tuple[nn.Module, str]:
@@ -208,9 +318,7 @@ def load_user_model(
             raise ConfigError("model.module", "an nn.Module, or a class/factory returning one", spec)
     else:
         raise ConfigError("model.module", "an nn.Module, or a class/factory returning one", spec)
-    weights = Path(model_config["weights"]).expanduser()
-    if not weights.is_absolute() and search_path is not None:
-        weights = search_path / weights
+    weights = user_weights_path(model_config, search_path)
     state = load_state_dict_file(weights)
     try:
         model.load_state_dict(state, strict=True)
@@ -441,7 +549,19 @@ class ModelStore:
         if self._user is None:
             model, key = load_user_model(self.config["model"], self.dataset, self.search_path)
             self._user = (model.to(self.device).eval(), key)
-            self.events.append({"name": "user", "status": "user", "seconds": 0.0, "path": "", "key": key})
+            weights = user_weights_path(self.config["model"], self.search_path)
+            self.events.append(
+                {
+                    "name": "user",
+                    "status": "user",
+                    "seconds": 0.0,
+                    "path": "",
+                    "key": key,
+                    "module": self.config["model"]["module"],
+                    "weights": str(weights.resolve()),
+                    "weights_sha256": file_digest(weights),
+                }
+            )
         return self._user
 
     def training_spec(self, recipe: str, **params: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from .models import DEFAULT_CACHE_DIR, ModelStore
 from .reproducibility import config_hash, derive_seed
 from .storage import WorkStore, atomic_write_json
 
-__all__ = ["Pipeline", "RunData", "package_versions", "read_events", "resolve_device"]
+__all__ = ["Pipeline", "RunData", "apportion_seconds", "package_versions", "read_events", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -94,6 +94,7 @@ class Pipeline:
     :param progress: tqdm progress bars.
     :param log: receives one line per notable event (stage start/end, training, resume counts).
     :param search_path: folder searched first when importing a user's model (a submission's folder).
+    :param notes: sentences the report prints near its top (e.g. what instructor mode overrode).
     """
 
     def __init__(
@@ -105,8 +106,10 @@ class Pipeline:
         progress: bool = True,
         log: Callable[[str], None] | None = None,
         search_path: Path | None = None,
+        notes: list[str] | None = None,
     ) -> None:
         self.config = config
+        self.notes = list(notes or [])
         self.out_dir = Path(out_dir)
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
         self.progress = progress
@@ -124,15 +127,19 @@ class Pipeline:
     # -- bookkeeping -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time a stage (added to :attr:`timings`) and log its start and end."""
+        """Time a stage (added to :attr:`timings`) and log its start and, when it finishes, its end (an
+        interrupted stage logs no end: the command's one line says what happened)."""
         self.log(f"[{name}] start")
         start = time.perf_counter()
+        finished = False
         try:
             yield
+            finished = True
         finally:
             seconds = time.perf_counter() - start
             self.timings[name] = self.timings.get(name, 0.0) + seconds
-            self.log(f"[{name}] {seconds:.1f} s")
+            if finished:
+                self.log(f"[{name}] {seconds:.1f} s")
 
     def _bar(self, total: int, desc: str) -> tqdm:
         return tqdm(total=total, desc=desc, unit="unit", disable=not self.progress, leave=False)
@@ -232,13 +239,13 @@ class Pipeline:
                         )
                         seconds = time.perf_counter() - begin
                         return {
+                            "time": apportion_seconds(seconds, result.samples_used),
                             "labels": result.labels,
                             "radii": result.radii,
                             "p_lower": result.p_lower,
                             "candidates": result.candidates,
                             "counts_top": result.counts_top,
                             "samples_used": result.samples_used,
-                            "time": np.full(stop - start, seconds / max(1, stop - start)),
                         }
 
                     key = self.unit_key(defence, stage="certify", start=start, stop=stop)
@@ -405,6 +412,22 @@ class Pipeline:
         self.run_attacks()
         self.run_certificate_check()
         return self.data
+
+
+def apportion_seconds(seconds: float, samples: np.ndarray) -> np.ndarray:
+    """Each point's share of a chunk's wall time, in proportion to the noisy samples it used.
+
+    The points of a chunk are certified together (their samples share forward batches), so no point has
+    a time of its own; splitting the chunk's time by samples is the honest per-point figure (Cohen's
+    ``time`` column), it sums to the chunk's time, and it differs between points whenever their sample
+    counts do (adaptive certification) or their chunks ran at different speeds."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 1 or np.any(samples < 0):
+        raise ValueError(f"samples must be a 1-D array of non-negative counts, got {samples!r}")
+    total = samples.sum()
+    if total == 0:
+        return np.full(len(samples), seconds / max(1, len(samples)))
+    return seconds * samples / total
 
 
 def _detected(flags: np.ndarray | None, count: int) -> np.ndarray:

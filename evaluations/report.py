@@ -15,6 +15,7 @@ output folder (documented in docs/results-schema.md):
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from art_smoothing_plugin import statistics
+from art_smoothing_plugin.smoothing import certificate_from_counts
 
 from . import metrics
 from .cohen_logs import write_certify_log
@@ -60,15 +62,33 @@ def worst_case(entries: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     }
 
 
+def _certificates_at(
+    certified: dict[str, np.ndarray], alpha: float, sigma: float, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels, radii)`` when the same vote counts certify at level ``alpha`` (e.g. alpha / k): CERTIFY's
+    own computation (:func:`art_smoothing_plugin.smoothing.certificate_from_counts`) at another level."""
+    result = certificate_from_counts(certified["candidates"], certified["counts_top"], 0, n, alpha, sigma)
+    return result.labels, result.radii
+
+
 def _corrected_curve(
     certified: dict[str, np.ndarray], alpha: float, sigma: float, n: int, grid
 ) -> np.ndarray:
     """Certified accuracy when the same counts certify at level ``alpha`` (e.g. alpha / k)."""
-    p_lower = np.atleast_1d(statistics.clopper_pearson_lower(certified["counts_top"], n, alpha))
-    ok = p_lower > 0.5
-    radii = np.where(ok, np.atleast_1d(statistics.certified_radius(np.where(ok, p_lower, 0.75), sigma)), 0.0)
-    labels = np.where(ok, certified["candidates"], metrics.ABSTAIN)
+    labels, radii = _certificates_at(certified, alpha, sigma, n)
     return metrics.certified_accuracy(labels, radii, certified["label"], grid)
+
+
+def not_attacked_reason(config: dict[str, Any], defence: Any, attacked_points: int) -> str | None:
+    """Why a defence has no empirical results (``None`` when it was attacked): the report, the figures and
+    ``results.json`` say it rather than leave a blank."""
+    if attacked_points == 0:
+        from .defences import DEFENCE_KINDS
+
+        section = DEFENCE_KINDS[defence.kind].section if defence.kind in DEFENCE_KINDS else ""
+        key = f"{section}.attack_points" if section and "attack_points" in config.get(section, {}) else ""
+        return f"not attacked: {key or 'attack points'} = 0"
+    return "not attacked: no attack in attacks.enabled applies to it"
 
 
 def summarise(pipeline: Pipeline) -> dict[str, Any]:
@@ -143,6 +163,8 @@ def summarise(pipeline: Pipeline) -> dict[str, Any]:
             entry["certificate_check"] = _certificate_check(pipeline, defence, check)
         if certified is not None and "l2" in empirical:
             entry["gaps"] = _gaps(data, defence, empirical["l2"]["worst_case"]["eps"])
+        if not empirical:
+            entry["not_attacked"] = not_attacked_reason(config, defence, pipeline.attack_points(defence))
         defences[defence.name] = entry
     return {
         "schema_version": SCHEMA_VERSION,
@@ -158,6 +180,8 @@ def summarise(pipeline: Pipeline) -> dict[str, Any]:
         },
         "defences": defences,
         "envelopes": _envelopes(pipeline, grid),
+        "selection": _selection(pipeline, grid),
+        "notes": list(getattr(pipeline, "notes", [])),
     }
 
 
@@ -275,6 +299,41 @@ def _envelopes(pipeline: Pipeline, grid: np.ndarray) -> dict[str, Any]:
     return envelopes
 
 
+def _selection(pipeline: Pipeline, grid: np.ndarray) -> dict[str, Any] | None:
+    """The best smoothed defence of the run, chosen without optimism: every smoothed defence's
+    certificates recomputed from the same counts at alpha / k (k = the number of smoothed defences), so
+    all k hold jointly at level alpha and choosing the one with the largest ACR among them costs nothing
+    more. ``optimistic_best`` is the choice by the uncorrected ACR (level alpha for each alone), for
+    comparison. ``None`` when nothing was certified. The leaderboard ranks by ``best``'s corrected ACR."""
+    members = [d for d in pipeline.defences if d.smoothed and d.name in pipeline.data.certified]
+    if not members:
+        return None
+    k = len(members)
+    per_defence: dict[str, Any] = {}
+    for defence in members:
+        certified = pipeline.data.certified[defence.name]
+        level = metrics.corrected_alpha(defence.alpha, k)
+        labels, radii = _certificates_at(certified, level, defence.sigma, defence.n)
+        per_defence[defence.name] = {
+            "alpha": level,
+            "acr": metrics.average_certified_radius(labels, radii, certified["label"]),
+            "accuracy": _floats(metrics.certified_accuracy(labels, radii, certified["label"], grid)),
+            "acr_uncorrected": metrics.average_certified_radius(
+                certified["labels"], certified["radii"], certified["label"]
+            ),
+            "points": len(certified["label"]),
+        }
+    return {
+        "k": k,
+        "alpha": members[0].alpha,
+        "criterion": "acr",
+        "radius_grid": _floats(grid),
+        "defences": per_defence,
+        "best": max(per_defence, key=lambda name: per_defence[name]["acr"]),
+        "optimistic_best": max(per_defence, key=lambda name: per_defence[name]["acr_uncorrected"]),
+    }
+
+
 # -- files ---------------------------------------------------------------------------------------------------
 def _tsv(rows: list[list[Any]], header: tuple[str, ...]) -> str:
     def cell(value: Any) -> str:
@@ -371,49 +430,56 @@ def write_tables(pipeline: Pipeline) -> list[Path]:
 
 
 def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
-    """The three PNG plots (through :mod:`evaluations.plots`); returns name -> path."""
+    """The three PNG plots (through :mod:`evaluations.plots`), every one coloured by the one colour map
+    of the run (:func:`evaluations.plots.defence_colours` of every defence, in the run's order); returns
+    name -> path."""
     from . import plots
 
     out = pipeline.out_dir / "plots"
+    colours = plots.defence_colours([d.name for d in pipeline.defences])
     written: dict[str, Path] = {}
     curves = []
+    not_attacked = []
     for name, entry in results["defences"].items():
         certified = pipeline.data.certified.get(name)
         if certified is None:
             continue
-        top = max(
-            float(np.max(certified["radii"], initial=0.0)), max(results["config"]["report"]["radius_grid"])
-        )
+        top = float(np.max(certified["radii"], initial=0.0))
         fine = np.linspace(0.0, top * 1.05 + 1e-9, 240)
         accuracy = metrics.certified_accuracy(
             certified["labels"], certified["radii"], certified["label"], fine
         )
-        group = name
+        reason = entry.get("not_attacked")
+        if reason:
+            not_attacked.append(f"{name}: {reason}")
         curves.append(
             {
-                "label": f"{name} certified",
+                "label": f"{name} certified" + (f" ({reason})" if reason else ""),
                 "radii": fine,
                 "accuracy": accuracy,
                 "style": "solid",
-                "group": group,
+                "group": name,
             }
         )
         worst = entry["empirical"].get("l2", {}).get("worst_case")
         if worst:
-            eps = [0.0, *worst["eps"]]
-            acc = [entry.get("clean_accuracy", float("nan")), *worst["accuracy"]]
             curves.append(
                 {
                     "label": f"{name} empirical (worst L2 attack)",
-                    "radii": eps,
-                    "accuracy": acc,
-                    "style": "dashed",
-                    "group": group,
+                    "radii": [0.0, *worst["eps"]],
+                    "accuracy": [entry.get("clean_accuracy", float("nan")), *worst["accuracy"]],
+                    "style": "points",
+                    "group": name,
                 }
             )
     if curves:
+        note = "no empirical points for " + "; ".join(not_attacked) if not_attacked else ""
         written["certified_accuracy"] = plots.plot_certified_accuracy(
-            curves, out / "certified_accuracy.png", title="Certified (solid) vs empirical (dashed) accuracy"
+            curves,
+            out / "certified_accuracy.png",
+            title="Certified accuracy (lines) and empirical accuracy under attack (markers)",
+            colours=colours,
+            note=note,
         )
     series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for name, entry in results["defences"].items():
@@ -426,7 +492,10 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
     if series:
         ordered = {norm: series[norm] for norm in ("l2", "linf") if norm in series}
         written["robust_accuracy"] = plots.plot_robust_accuracy(
-            ordered, out / "robust_accuracy.png", title="Robust accuracy under the strongest attack per point"
+            ordered,
+            out / "robust_accuracy.png",
+            title="Robust accuracy under the strongest attack per point",
+            colours=colours,
         )
     rows = []
     for name, entry in results["defences"].items():
@@ -440,12 +509,22 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
                     "flips": check["flips"],
                     "trials": check["trials"],
                     "upper_bound": check["upper_bound"],
-                    "alpha": check["reference_rate"],
+                    "reference": check["reference_rate"],
                     "flagged": check["flagged"],
                 }
             )
+    unchecked = [
+        f"{name} ({entry['not_attacked']})"
+        for name, entry in results["defences"].items()
+        if "certified" in entry and "certificate_check" not in entry and entry.get("not_attacked")
+    ]
     if rows:
-        written["certificate_check"] = plots.plot_certificate_check(rows, out / "certificate_check.png")
+        written["certificate_check"] = plots.plot_certificate_check(
+            rows,
+            out / "certificate_check.png",
+            colours=colours,
+            note="not checked: " + "; ".join(unchecked) if unchecked else "",
+        )
     return written
 
 
@@ -453,6 +532,27 @@ def _pct(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{100.0 * float(value):.1f}"
+
+
+def _model_lines(results: dict[str, Any]) -> list[str]:
+    """Which model was evaluated, when it is the user's: module, weights file and its SHA-256."""
+    users = [m for m in results["work"]["models"] if m.get("status") == "user"]
+    if not users:
+        return []
+    model = users[0]
+    config = results["config"]["model"]
+    details = [f"module `{model.get('module', config['module'])}`"]
+    if model.get("weights"):
+        details.append(f"weights `{model['weights']}` (SHA-256 `{model.get('weights_sha256', '?')}`)")
+    if config["kwargs"]:
+        details.append(f"kwargs `{json.dumps(config['kwargs'])}`")
+    if config["mean"] is not None:
+        details.append(f"normalised inside with mean {config['mean']} and std {config['std']}")
+    return ["**Model evaluated** (yours): " + ", ".join(details) + ".", ""]
+
+
+def _notes(results: dict[str, Any]) -> list[str]:
+    return [line for note in results.get("notes", []) for line in (f"**Note:** {note}", "")]
 
 
 def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, Path]) -> str:
@@ -468,12 +568,17 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
         f"{config['run']['seed']}. Units of work computed this run: {results['work']['units_computed']}, "
         f"reused from checkpoints: {results['work']['units_reused']}.",
         "",
+        *_model_lines(results),
+        *_notes(results),
         "## Clean accuracy",
         "",
         "| defence | kind | points | clean accuracy (%) | abstain (%) | detected (%) |",
         "|---|---|---|---|---|---|",
     ]
     for name, entry in results["defences"].items():
+        if entry.get("not_attacked") and not entry.get("clean_points"):
+            lines.append(f"| {name} | {entry['kind']} | 0 ({entry['not_attacked']}) | – | – | – |")
+            continue
         lines.append(
             f"| {name} | {entry['kind']} | {entry.get('clean_points', '–')} | "
             f"{_pct(entry.get('clean_accuracy'))} | "
@@ -517,7 +622,25 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
                 + " | ".join(_pct(a) for a in envelope["corrected"])
                 + " | | |"
             )
+        selection = results.get("selection")
+        if selection and selection["k"] > 1:
+            best = selection["defences"][selection["best"]]
+            lines += [
+                "",
+                f"Best smoothed defence, chosen without optimism: **{selection['best']}** (ACR "
+                f"{best['acr']:.3f} with every certificate of the k = {selection['k']} smoothed defences "
+                f"recomputed from the same counts at α/k = {best['alpha']:.3g}, so all hold jointly at "
+                f"α = {selection['alpha']:g} and the choice costs nothing more); choosing by the "
+                f"uncorrected ACR would pick {selection['optimistic_best']} (optimistic). The leaderboard "
+                "ranks by the corrected choice.",
+            ]
         lines += [
+            "",
+            "Why PREDICT (the clean table) abstains far less often than CERTIFY (this table): PREDICT "
+            "abstains only when its top class does not significantly beat the runner-up, while CERTIFY "
+            "abstains unless, at confidence 1 − α, the top class has probability above 1/2 (more than all "
+            "other classes together), which heavy noise denies many points whose top class is a clear "
+            "plurality.",
             "",
             "The largest radius n samples can certify is σ·Φ⁻¹(α^(1/n)): "
             + ", ".join(f"{n}: {e['certified']['max_certifiable_radius']:.2f}" for n, e in smoothed.items())
@@ -541,6 +664,10 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
         ]
         for name, entry in results["defences"].items():
             table = entry["empirical"].get(norm)
+            if entry.get("not_attacked"):
+                lines.append(
+                    f"| {name} | {entry['not_attacked']} | " + " | ".join("–" for _ in eps_grid) + " |"
+                )
             if not table:
                 continue
             for attack, values in table.items():
@@ -599,7 +726,13 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
             "p-value | flagged |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for name, check in checks.items():
+        columns = lines[-2].count("|") - 1
+        for name, entry in smoothed.items():
+            check = checks.get(name)
+            if check is None:
+                reason = entry.get("not_attacked") or "certificate_check.enabled = false"
+                lines.append(f"| {name} | not checked ({reason}) |" + " – |" * (columns - 2))
+                continue
             rate = "–" if check["trials"] == 0 else f"{check['rate']:.4f}"
             lines.append(
                 f"| {name} | {check['trials']} | {check.get('attacked', '–')} | {check['flips']} | "

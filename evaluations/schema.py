@@ -39,7 +39,7 @@ CERTIFY_COLUMNS = (
     "predict",  # certified class, -1 = abstained
     "radius",  # certified L2 radius (0 where abstained)
     "correct",  # 1 if predict == label
-    "time",  # seconds spent certifying this point
+    "time",  # this point's share of its chunk's wall time, split by samples used (see pipeline)
     "defence",  # defence name
     "sigma",  # noise level
     "p_lower",  # (1 - alpha) Clopper-Pearson lower bound on the top-class probability
@@ -87,10 +87,14 @@ RESULTS_KEYS = {
     "timings": "{stage: seconds of this run}; stages data, models, clean, certify, attacks, "
     "certificate_check, metrics, report",
     "work": "{units_computed, units_reused, models: [{name, status (trained|cached|user), seconds, path, "
-    "key}]}",
+    "key; a user's model also module, weights, weights_sha256}]}",
     "defences": "{defence name: DEFENCE_KEYS}",
     "envelopes": "{smoothing kind: {sigmas, radius_grid, optimistic, corrected, alpha, corrected_alpha, "
     "best_sigma_corrected}} for kinds with several sigmas",
+    "selection": "null when nothing was certified, else the best smoothed defence chosen at alpha / k (k: "
+    "the smoothed defences): {k, alpha, criterion: 'acr', radius_grid, defences: {name: {alpha, acr, "
+    "accuracy, acr_uncorrected, points}}, best, optimistic_best}",
+    "notes": "[sentences the report prints near its top, e.g. what instructor mode overrode]",
 }
 
 #: Keys of one defence's entry in results.json["defences"].
@@ -110,6 +114,8 @@ DEFENCE_KEYS = {
     "rate, upper_bound, p_value, flagged, alpha, confidence, alpha_certify, alpha_predict, reference_rate, "
     "abstained, radius_factor, steps, attack, max_l2_overshoot}",
     "gaps": "smoothed only: [{radius, certified, empirical, abstain, gap, explained_by_abstentions, points}]",
+    "not_attacked": "present when the defence has no empirical results: why (e.g. 'not attacked: "
+    "diffusion.attack_points = 0')",
 }
 
 _REQUIRED_DEFENCE = ("kind", "sigma", "smoothed", "empirical")

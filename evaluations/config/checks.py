@@ -33,7 +33,8 @@ class ConfigError(ValueError):
 
     def __init__(self, key: str, expected: str, got: Any = None, hint: str = "", *, show_got: bool = True):
         self.key = key
-        message = f"config key {key!r}: expected {expected}"
+        what = "argument" if key.startswith("-") else "config key"  # --out, --config: not config keys
+        message = f"{what} {key!r}: expected {expected}"
         if show_got:
             message += f"; got {got!r}"
         if hint:
@@ -79,12 +80,17 @@ def number(
 
 
 def number_list(
-    low: float = 0.0, high: float = math.inf, *, open_low: bool = False, allow_empty: bool = False
+    low: float = 0.0,
+    high: float = math.inf,
+    *,
+    open_low: bool = False,
+    open_high: bool = False,
+    allow_empty: bool = False,
 ) -> Checker:
-    """A list of numbers in ``[low, high]``, returned sorted without repeats."""
-    element = number(low, high, open_low=open_low)
-    left = "(" if open_low else "["
-    expected = f"a {'' if allow_empty else 'non-empty '}list of numbers in {left}{low:g}, {high:g}]"
+    """A list of numbers in ``[low, high]`` (ends open as asked), returned sorted without repeats."""
+    element = number(low, high, open_low=open_low, open_high=open_high)
+    left, right = "(" if open_low else "[", ")" if open_high else "]"
+    expected = f"a {'' if allow_empty else 'non-empty '}list of numbers in {left}{low:g}, {high:g}{right}"
 
     def check(key: str, value: Any) -> list[float]:
         if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
@@ -97,8 +103,9 @@ def number_list(
     return check
 
 
-def integer_list(minimum: int = 1) -> Checker:
-    """A non-empty list of integers ``>= minimum``, in the given order."""
+def integer_list(minimum: int = 1, *, ascending: bool = False) -> Checker:
+    """A non-empty list of integers ``>= minimum``, in the given order (``ascending``: sorted, without
+    repeats)."""
     expected = f"a non-empty list of integers >= {minimum}"
 
     def check(key: str, value: Any) -> list[int]:
@@ -106,7 +113,7 @@ def integer_list(minimum: int = 1) -> Checker:
             raise ConfigError(key, expected, value)
         if any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
             raise ConfigError(key, expected, value)
-        return [int(v) for v in value]
+        return sorted({int(v) for v in value}) if ascending else [int(v) for v in value]
 
     return check
 

@@ -130,7 +130,11 @@ def resolve_config(
     for override in overrides or []:
         section, key, value = parse_override(override)
         if section not in SCHEMA or key not in SCHEMA[section]:
-            raise ConfigError(f"{section}.{key}", "an existing section.key (see --describe)", override)
+            raise ConfigError(
+                f"{section}.{key}",
+                "an existing section.key (the command 'config --keys' lists them all)",
+                override,
+            )
         config.setdefault(section, {})[key] = value
         explicit_defences |= (section, key) == ("defences", "enabled")
     if "defences" in config and isinstance(config["defences"].get("enabled"), list):
@@ -156,6 +160,7 @@ def resolve_config(
             ("diffusion", "attack_points"),
             ("attacks", "points"),
             ("certificate_check", "points"),
+            ("study", "points"),
         ):
             value = config.get(section, {}).get(key)
             if isinstance(value, int) and not isinstance(value, bool):

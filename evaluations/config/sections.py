@@ -382,6 +382,34 @@ REPORT = Section(
 )
 
 
+# -- study (evaluations/study.py: the 'study' command, not part of 'run') ------------------------------
+STUDY = Section(
+    "study",
+    {
+        "sigma": Key(
+            number(0, open_low=True), "noise level of the studied model (Gaussian-trained at it)", 0.5
+        ),
+        # 50 points x (100 + 100,000) samples: about 5 million forward passes of the small CNN, a few
+        # minutes on 2 CPU cores (the budget is 5); raise points for finer curves.
+        "points": Key(integer(1), "test points certified", 50),
+        "n0": Key(integer(1), "CERTIFY selection samples", 100),
+        "n_values": Key(
+            integer_list(1, ascending=True),
+            "estimation sample sizes n (prefixes of one stream per point)",
+            [100, 1000, 10_000, 100_000],
+        ),
+        "alphas": Key(
+            number_list(0, 1, open_low=True, open_high=True),
+            "levels alpha, each on the same counts",
+            [0.001, 0.01, 0.1],
+        ),
+        "chunk_size": Key(
+            integer(1), "test points per checkpointed unit of the study (resume granularity)", 10
+        ),
+    },
+)
+
+
 #: Every section, in the order of the resolved configuration, of ``config --keys`` and of the checks.
 SECTIONS: tuple[Section, ...] = (
     RUN,
@@ -396,4 +424,5 @@ SECTIONS: tuple[Section, ...] = (
     ATTACKS_SECTION,
     CERTIFICATE_CHECK,
     REPORT,
+    STUDY,
 )

@@ -20,6 +20,7 @@ __all__ = [
     "build_denoised_smoothing",
     "build_diffusion_smoothing",
     "build_randomized_smoothing",
+    "denoiser_spec",
     "smoothed_defence",
 ]
 
@@ -97,6 +98,26 @@ def build_randomized_smoothing(context: BuildContext) -> list[SmoothedDefence]:
     return defences
 
 
+def denoiser_spec(config: dict[str, Any], dataset: str, sigma: float, classifier_key: str) -> dict[str, Any]:
+    """Everything that determines the denoiser of ``sigma``: its cache key is the hash of this (the dry
+    run looks it up to tell a cached denoiser from one to train)."""
+    settings = config["denoised"]
+    return {
+        "kind": "denoiser",
+        "architecture": settings["denoiser"],
+        "kwargs": settings["denoiser_kwargs"],
+        "sigma": sigma,
+        "objective": settings["objective"],
+        "epochs": settings["denoiser_epochs"],
+        "batch_size": config["model"]["batch_size"],
+        "dataset": dataset,
+        "seed": config["run"]["seed"],
+        "init": "seeded",  # initial weights from the seed, not from torch's global generator
+        # Stability objectives train through the classifier: its identity is part of the denoiser's.
+        "classifier": classifier_key if settings["objective"] != "mse" else None,
+    }
+
+
 def _denoiser(context: BuildContext, sigma: float, classifier: Any, classifier_key: str):
     """The denoiser for ``sigma``, trained once and cached (None for the no-denoiser baseline)."""
     from art_smoothing_plugin.denoisers import (
@@ -110,20 +131,7 @@ def _denoiser(context: BuildContext, sigma: float, classifier: Any, classifier_k
     if settings["denoiser"] == "none":
         return None, "none"
     architecture = DENOISER_ARCHITECTURES[settings["denoiser"]]
-    spec = {
-        "kind": "denoiser",
-        "architecture": settings["denoiser"],
-        "kwargs": settings["denoiser_kwargs"],
-        "sigma": sigma,
-        "objective": settings["objective"],
-        "epochs": settings["denoiser_epochs"],
-        "batch_size": context.config["model"]["batch_size"],
-        "dataset": context.dataset.name,
-        "seed": context.config["run"]["seed"],
-        "init": "seeded",  # initial weights from the seed, not from torch's global generator
-        # Stability objectives train through the classifier: its identity is part of the denoiser's.
-        "classifier": classifier_key if settings["objective"] != "mse" else None,
-    }
+    spec = denoiser_spec(context.config, context.dataset.name, sigma, classifier_key)
 
     def build():
         # Seeded: otherwise the weights would depend on whatever drew from torch's global generator before.

@@ -67,3 +67,99 @@ def test_python_dash_m_entry_point():
         timeout=120,
     )
     assert bad.returncode == 2 and "config key 'smoothing.sigmas'" in bad.stderr
+
+
+# -- errors a person meets: one line, a non-zero exit, never a traceback ----------------------------------
+def _module(*arguments, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "evaluations", *arguments], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _one_error_line(done, *fragments):
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def test_an_output_folder_under_a_file_is_refused_in_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for extra in ([], ["--dry-run"]):
+        done = _module("run", "--out", str(blocker / "sub"), "--limit", "2", *extra)
+        _one_error_line(done, "argument '--out'", "is a file, not a folder")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_an_output_folder_that_cannot_be_created_is_refused_in_one_line():
+    # /proc refuses new folders even to root, so this holds whoever runs the tests
+    for extra in ([], ["--dry-run"]):
+        done = _module("run", "--out", "/proc/no-such-results", "--limit", "2", *extra)
+        _one_error_line(done, "argument '--out'", "cannot create anything in '/proc'")
+
+
+def test_dry_run_checks_the_output_folder_without_creating_it(tmp_path, capsys):
+    out = tmp_path / "new" / "results"
+    arguments = ["run", "--dry-run", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*arguments, *_set(TINY_OVERRIDES)]) == 0
+    assert "writable" in capsys.readouterr().out
+    assert not (tmp_path / "new").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_unknown_key_points_to_the_command_that_lists_keys(capsys):
+    assert main(["run", "--set", "nosuch.key=1", "--dry-run"]) == 2
+    message = capsys.readouterr().err
+    assert "config key 'nosuch.key'" in message and "'config --keys'" in message
+    assert "--describe" not in message
+
+
+def test_ctrl_c_ends_in_one_line_that_says_a_rerun_resumes(tmp_path):
+    """SIGINT while the run trains its first model: exit 130, one line, no traceback."""
+    import signal
+
+    command = [sys.executable, "-m", "evaluations", "run", "--no-progress", "--out", str(tmp_path / "out")]
+    command += ["--cache-dir", str(tmp_path / "cache"), *_set(TINY_OVERRIDES)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in process.stderr:
+            seen.append(line)
+            if line.startswith("training "):  # inside the long work, past every check
+                process.send_signal(signal.SIGINT)
+                break
+        rest = process.communicate(timeout=120)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert any(line.startswith("training ") for line in seen), "".join(seen)
+    assert process.returncode == 130, rest
+    assert "Traceback" not in rest and "KeyboardInterrupt" not in rest
+    lines = rest.strip().splitlines()
+    assert lines[-1].startswith("interrupted; rerun the same command (same --out) to resume"), rest
+    assert len(lines) == 1, rest
+
+
+# -- help ------------------------------------------------------------------------------------------------
+def test_help_has_examples_homework_model_keys_and_diffusion(capsys):
+    import pytest
+
+    texts = {}
+    for command in ([], ["run"], ["study"], ["analyze"]):
+        with pytest.raises(SystemExit) as stopped:
+            main([*command, "-h"])
+        assert stopped.value.code == 0
+        texts[" ".join(command)] = capsys.readouterr().out
+    top, run = texts[""], texts["run"]
+    assert "examples:" in top and "examples:" in run and "examples:" in texts["study"]
+    assert "diffusion" in top and "diffusion_smoothing" in run
+    assert "homework" in run and "[model]" in run
+    for key in ("module", "weights", "kwargs", "mean", "std", "nb_classes"):
+        assert f"  {key} = " in run
+    assert "--submissions" in run and "RUNS ITS CODE" in run
+    # one program name across the subcommands, analyze included
+    for text in texts.values():
+        assert text.startswith("usage: python3 -m evaluations")
+    assert "art-smoothing-eval" not in "".join(texts.values())

@@ -92,9 +92,40 @@ def test_a_pickled_model_is_refused_with_a_conversion_hint(submission, digits):
     message = str(error.value)
     assert "'model.weights'" in message and "weights_only=True" in message
     assert "torch.save(model.state_dict(), 'weights.pt')" in message
+    assert "torch.nn.modules.container.Sequential" in message  # what the file holds, read without running it
     (folder / "garbage.pt").write_bytes(b"not a torch file")
     with pytest.raises(ConfigError, match="'model.weights'"):
         load_state_dict_file(folder / "garbage.pt")
+
+
+def test_a_pickled_checkpoint_dict_gets_advice_that_fits_a_dict(submission, digits):
+    import numpy as np
+
+    folder, model = submission
+    checkpoint = {"state_dict": model.state_dict(), "epoch": 3, "accuracy": np.float64(0.9)}
+    torch.save(checkpoint, folder / "checkpoint.pt")  # the NumPy scalar needs code to unpickle
+    with pytest.raises(ConfigError) as error:
+        load_state_dict_file(folder / "checkpoint.pt")
+    message = str(error.value)
+    assert "holds a dict" in message and "numpy" in message
+    assert "torch.save(checkpoint['state_dict'], 'weights.pt')" in message
+    assert "model = torch.load" not in message  # the whole-model advice does not fit a dict
+
+
+def test_a_state_dict_written_with_pickle_is_refused_quietly_with_advice(submission, recwarn):
+    import pickle
+    import warnings
+
+    folder, model = submission
+    with open(folder / "weights.pkl", "wb") as stream:
+        pickle.dump(model.state_dict(), stream, protocol=4)
+    warnings.simplefilter("always")
+    with pytest.raises(ConfigError) as error:
+        load_state_dict_file(folder / "weights.pkl")
+    assert "written with pickle, not torch.save" in str(error.value)
+    assert "torch.save(pickle.load(open('weights.pkl', 'rb')), 'weights.pt')" in str(error.value)
+    # torch's "Detected pickle protocol 4" UserWarning does not leak into the output
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
 
 
 def test_safetensors_and_nested_state_dicts(submission, digits):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from evaluations import metrics
 from evaluations.cohen_logs import read_certify_log
@@ -119,3 +120,81 @@ def test_rerun_in_the_same_folder_redoes_nothing(tiny_run):
     assert json.dumps(rerun["defences"], sort_keys=True) == json.dumps(results["defences"], sort_keys=True)
     new_events = read_events(pipeline.out_dir)[before:]
     assert new_events and all(e["status"] == "reused" for e in new_events)
+
+
+def test_a_defence_that_is_certified_but_not_attacked_says_why(tiny_run):
+    pipeline, results = tiny_run
+    reason = "not attacked: diffusion.attack_points = 0"  # the tiny configuration's diffusion setting
+    assert results["defences"]["diffusion_sigma0.5"]["not_attacked"] == reason
+    assert all("not_attacked" not in e for n, e in results["defences"].items() if n != "diffusion_sigma0.5")
+    report = (pipeline.out_dir / "report.md").read_text()
+    assert f"| diffusion_sigma0.5 | diffusion_smoothing | 0 ({reason}) |" in report  # clean table
+    assert report.count(f"| diffusion_sigma0.5 | {reason} |") == 2  # the L-inf and L2 tables
+    assert f"| diffusion_sigma0.5 | not checked ({reason}) |" in report
+    header = next(line for line in report.splitlines() if line.startswith("| defence | trials |"))
+    row = next(line for line in report.splitlines() if "not checked (" in line)
+    assert row.count("|") == header.count("|")  # as many cells as the table has columns
+    assert "Why PREDICT (the clean table) abstains far less often than CERTIFY" in report
+
+
+def test_every_plot_takes_the_one_colour_map_of_the_run(tiny_run, monkeypatch, tmp_path):
+    from evaluations import plots, report
+
+    pipeline, results = tiny_run
+    seen = {}
+
+    def spy(name):
+        original = getattr(plots, name)
+
+        def wrapper(*args, **kwargs):
+            seen[name] = kwargs
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("plot_certified_accuracy", "plot_robust_accuracy", "plot_certificate_check"):
+        monkeypatch.setattr(plots, name, spy(name))
+    monkeypatch.setattr(pipeline, "out_dir", tmp_path)
+    report.write_plots(pipeline, results)
+    expected = plots.defence_colours([d.name for d in pipeline.defences])
+    assert len(seen) == 3 and all(kwargs["colours"] == expected for kwargs in seen.values())
+    assert "diffusion_sigma0.5 (not attacked" in seen["plot_certificate_check"]["note"]
+    assert "diffusion_sigma0.5" in seen["plot_certified_accuracy"]["note"]
+
+
+def test_the_time_column_splits_each_chunk_by_samples(tiny_run):
+    from evaluations.pipeline import apportion_seconds
+
+    shares = apportion_seconds(6.0, np.array([100, 300, 200]))
+    np.testing.assert_allclose(shares, [1.0, 3.0, 2.0])
+    np.testing.assert_allclose(apportion_seconds(1.5, np.zeros(3, np.int64)), [0.5, 0.5, 0.5])
+    pipeline, _ = tiny_run
+    log = read_certify_log(pipeline.out_dir / "certify-rs_sigma0.25.tsv")
+    size = pipeline.config["run"]["chunk_size"]
+    chunk_seconds = []
+    for path in sorted((pipeline.out_dir / "checkpoints" / "certify").glob("rs_sigma0.25-*.npz")):
+        with np.load(path) as unit:
+            chunk_seconds.append((int(path.name.split("-")[1]), float(unit["_seconds"])))
+    for start, unit_seconds in chunk_seconds:
+        times = log["time"][start : start + size]
+        assert 0 < times.sum() <= unit_seconds  # the chunk's certify time, within its unit's time
+
+
+def test_the_best_smoothed_defence_is_chosen_at_alpha_over_k(tiny_run):
+    pipeline, results = tiny_run
+    selection = results["selection"]
+    smoothed = [n for n, e in results["defences"].items() if "certified" in e]
+    assert selection["k"] == len(smoothed) == 4 and set(selection["defences"]) == set(smoothed)
+    for name, entry in selection["defences"].items():
+        assert entry["alpha"] == pytest.approx(results["defences"][name]["certified"]["alpha"] / 4)
+        # the same counts at a smaller alpha never certify more
+        assert entry["acr"] <= entry["acr_uncorrected"] + 1e-12
+        assert entry["acr_uncorrected"] == pytest.approx(results["defences"][name]["certified"]["acr"])
+        assert all(
+            c <= u + 1e-12
+            for c, u in zip(
+                entry["accuracy"], results["defences"][name]["certified"]["accuracy"], strict=True
+            )
+        )
+    assert selection["best"] == max(selection["defences"], key=lambda n: selection["defences"][n]["acr"])
+    assert f"**{selection['best']}**" in (pipeline.out_dir / "report.md").read_text()

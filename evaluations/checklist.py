@@ -258,17 +258,19 @@ def gradient_masking_checklist(
     outcomes: Sequence[Outcome],
     *,
     deterministic: bool,
-    sweep: Sequence[dict[str, Any]] = (),
+    sweep: Sequence[dict[str, Any] | None] = (),
+    square: str = "square",
     level: float = LEVEL,
 ) -> list[dict[str, Any]]:
     """Every check for one defence: ``outcomes`` at the grid's budgets, ``sweep`` the results of
-    :func:`eps_sweep` (one per norm; ``None`` entries skipped). Returns every check made, flagged or not,
+    :func:`eps_sweep` (one per norm; ``None`` entries skipped), ``square`` Square's name among the
+    outcomes. Returns every check made, flagged or not,
     with its numbers; :func:`flags` picks the flagged ones."""
     checks = [s for s in sweep if s is not None]
     checks += black_box_beats_white_box(outcomes, level)
     checks += more_effort(outcomes, level)
     if deterministic:
-        checks += square_beats_gradient(outcomes, level=level)
+        checks += square_beats_gradient(outcomes, square=square, level=level)
     return checks
 
 

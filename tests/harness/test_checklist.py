@@ -125,3 +125,66 @@ def test_bad_outcomes_are_refused():
                 Outcome("sq", "linf", 0.1, np.ones(5, bool), threat="black-box", gradient=False),
             ]
         )
+
+
+def _entry(attack, norm, eps, robust, **extra):
+    count = len(robust)
+    labels = np.arange(count) % 10
+    return {
+        "attack": attack,
+        "norm": norm,
+        "eps": eps,
+        "idx": np.arange(count),
+        "label": labels,
+        "predict": np.where(robust, labels, (labels + 1) % 10),
+        **extra,
+    }
+
+
+def test_audit_of_one_defence_from_its_attack_rows():
+    from evaluations.attack_audit import audit_defence, markdown_lines
+
+    # A defence behind rounding, in miniature: PGD (100 points) and AutoAttack (its first 60) break few
+    # points, Square breaks many; at the unbounded budget AutoAttack leaves 10 of 60 points standing.
+    aa = {"part_of": "autoattack"}
+    entries = [
+        _entry("pgd", "linf", 0.2, _robust(100, range(5)), seconds=2.0),
+        _entry(
+            "autoattack",
+            "linf",
+            0.2,
+            _robust(60, range(40)),
+            gradient=False,
+            seconds=30.0,
+            component_seconds={"apgd-ce": 1.0, "square": 20.0},
+        ),  # fmt: skip
+        _entry("autoattack/apgd-ce", "linf", 0.2, _robust(60, range(4)), **aa),
+        _entry(
+            "autoattack/square", "linf", 0.2, _robust(60, range(40)), threat="black-box", gradient=False, **aa
+        ),
+        _entry(
+            "autoattack/apgd-ce-restarts",
+            "linf",
+            0.2,
+            _robust(60, range(5)),
+            more_effort_of="autoattack/apgd-ce",
+            **aa,
+        ),  # fmt: skip
+        _entry("autoattack", "linf", 1.0, _robust(60, range(50)), gradient=False, sweep=True, seconds=3.0),
+    ]
+    audit = audit_defence(entries, deterministic=True, unbounded_eps={"linf": 1.0, "l2": 8.0})
+    kinds = {c["check"]: c for c in audit["flags"]}
+    assert set(kinds) == {"eps_sweep", "black_box_beats_white_box", "square_beats_gradient"}
+    assert kinds["eps_sweep"]["robust"] == 10 and kinds["eps_sweep"]["points"] == 60
+    assert kinds["square_beats_gradient"]["points"] == 60  # the points every row covers
+    assert kinds["square_beats_gradient"]["only_first"] == 35  # 40 broken by Square, 5 by PGD or APGD-CE
+    assert audit["sweep_checked"] == {"linf": 1.0}  # no L2 row: the L2 sweep is not made
+    # AutoAttack against the single attacks (not against its own ensemble, nor at the sweep's budget).
+    compared = {r["attack"]: r for r in audit["autoattack"]}
+    assert set(compared) == {"pgd"} and not compared["pgd"]["weaker"]
+    assert audit["times"]["autoattack"] == {
+        "seconds": 33.0, "units": 2, "components": {"apgd-ce": 1.0, "square": 20.0}
+    }  # fmt: skip
+    text = "\n".join(markdown_lines({"defences": {"rounded": {"audit": audit}}}))
+    assert "possible gradient masking" in text and "No flag is not a claim of robustness" in text
+    assert "| rounded | autoattack | 2 | 33.0 | apgd-ce 1.0, square 20.0 |" in text

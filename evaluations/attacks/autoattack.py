@@ -20,8 +20,9 @@ Two versions, as in the reference implementation:
 Why not ``torchattacks.AutoAttack``: it runs its components at torchattacks' default of 10 steps where the
 reference uses 100, seeds them from the clock unless given a seed, and every component calls
 ``torch.manual_seed``, resetting the global generator the rest of the program draws from. Here each
-component is seeded from the unit of work's seed and runs inside :func:`isolated_rng`, which restores
-torch's CPU and CUDA generators, NumPy's and Python's afterwards.
+component is seeded from the unit of work's seed and runs inside
+:func:`~evaluations.reproducibility.seeded`, which restores torch's CPU and CUDA generators, NumPy's and
+Python's afterwards.
 
 Besides the ensemble's adversarial inputs, :meth:`AutoAttack.perturb_detailed` returns *parts*: the inputs
 of single attacks on every point (``apgd-ce``, ``square``, the gradient attacks together, APGD-CE with more
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -43,7 +43,9 @@ import torch
 import torchattacks
 from torch import nn
 
+from ..reproducibility import seeded
 from . import Attack, AttackSettings
+from .bpda import frozen_parameters
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..defences import Defence
@@ -57,7 +59,6 @@ __all__ = [
     "AutoAttackSettings",
     "check_eps",
     "eps_limit",
-    "isolated_rng",
     "rand_autoattack",
     "standard_autoattack",
 ]
@@ -152,24 +153,6 @@ def check_eps(key: str, norm: str, eps: Any, dims: int, width: float = 1.0) -> l
     return out
 
 
-@contextlib.contextmanager
-def isolated_rng(seed: int) -> Iterator[None]:
-    """Seed torch's CPU and CUDA generators, NumPy's legacy global generator and Python's ``random`` with
-    ``seed`` for code that draws from (or resets) them, and restore all of them afterwards, so that nothing
-    outside sees a draw or a reset."""
-    numpy_state = np.random.get_state()  # noqa: NPY002 - the global state is what third parties use
-    python_state = random.getstate()
-    with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
-        torch.manual_seed(seed)
-        np.random.seed(seed % (2**32 - 1))  # noqa: NPY002
-        random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)  # noqa: NPY002
-            random.setstate(python_state)
-
-
 def component_seed(seed: int, name: str) -> int:
     """The seed of one component in a unit of work (independent streams per component)."""
     entropy = [int(seed) % (2**63), *name.encode()]
@@ -246,7 +229,7 @@ def _run_on(
     if len(index) == 0:
         return out
     attack.seed = seed  # the components reseed torch's generator with it
-    with isolated_rng(seed):
+    with seeded(seed):
         result = call(attack, x[index], y[index]) if call else attack(x[index], y[index])
     out[index] = result.detach().to(out.dtype)
     return out
@@ -419,22 +402,6 @@ class _Squeezed(nn.Module):
         return self.model(squeezed)
 
 
-class _FrozenParameters:
-    """No parameter gradients during an attack (faster; nothing accumulates in ``.grad``), restored after."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.parameters = list(module.parameters())
-        self.flags = [p.requires_grad for p in self.parameters]
-
-    def __enter__(self) -> None:
-        for parameter in self.parameters:
-            parameter.requires_grad_(False)
-
-    def __exit__(self, *exc: object) -> None:
-        for parameter, flag in zip(self.parameters, self.flags, strict=True):
-            parameter.requires_grad_(flag)
-
-
 class AutoAttack(Attack):
     """The harness's ``autoattack`` kind: the standard version on deterministic defences (feature squeezing
     through its squeezer with BPDA, Square on its whole pipeline), the rand version on randomized ones,
@@ -489,7 +456,7 @@ class AutoAttack(Attack):
         device = next(module.parameters()).device
         images = torch.as_tensor(x, device=device)
         labels = torch.as_tensor(np.asarray(y), dtype=torch.int64, device=device)
-        with _FrozenParameters(module):
+        with frozen_parameters(module):
             if version == "rand":
                 score_seed = component_seed(seed, "selection")
                 score = (

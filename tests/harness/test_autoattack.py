@@ -17,21 +17,21 @@ from art.estimators.classification import PyTorchClassifier
 from torch import nn
 
 from evaluations import checklist
+from evaluations.adversarial_training import madry_adversarial_training
 from evaluations.attacks import AttackSettings, attack_class
 from evaluations.attacks.autoattack import (
     AutoAttack,
     AutoAttackSettings,
     _Squeezed,
     check_eps,
-    isolated_rng,
 )
 from evaluations.checklist import Outcome
 from evaluations.data import load_dataset
 from evaluations.defences import PlainDefence, SmoothedDefence
-from evaluations.defences.adversarial_training import madry_adversarial_training
 from evaluations.defences.feature_squeezing import squeezer, torch_squeeze
 from evaluations.metrics import discordant_pairs_test
 from evaluations.models import train_cross_entropy
+from evaluations.reproducibility import seeded
 from evaluations.zoo import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -66,16 +66,16 @@ def _same_state(first, second) -> bool:
     return torch.equal(first[0], second[0]) and np.array_equal(first[1], second[1]) and first[2] == second[2]
 
 
-def test_isolated_rng_seeds_and_then_restores_every_global_generator():
+def test_seeded_seeds_and_then_restores_every_global_generator():
     torch.manual_seed(3)
     np.random.seed(3)  # noqa: NPY002
     random.seed(3)
     before = _global_state()
-    with isolated_rng(7):
+    with seeded(7):
         inside = (torch.rand(2), np.random.rand(2), random.random())  # noqa: NPY002
         torch.manual_seed(123)  # what torchattacks' components do
     assert _same_state(before, _global_state())
-    with isolated_rng(7):
+    with seeded(7):
         again = (torch.rand(2), np.random.rand(2), random.random())  # noqa: NPY002
     assert torch.equal(inside[0], again[0]) and np.array_equal(inside[1], again[1]) and inside[2] == again[2]
 

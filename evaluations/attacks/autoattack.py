@@ -35,7 +35,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,7 +44,7 @@ import torchattacks
 from torch import nn
 
 from ..reproducibility import seeded
-from . import Attack, AttackSettings
+from . import Attack, AttackOutput, AttackSettings
 from .bpda import frozen_parameters
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,7 +55,6 @@ __all__ = [
     "SQUEEZER_GRADIENTS",
     "VERSIONS",
     "AutoAttack",
-    "AutoAttackOutput",
     "AutoAttackSettings",
     "check_eps",
     "eps_limit",
@@ -95,18 +94,31 @@ class AutoAttackSettings:
     :ivar eot_iter: gradient samples per step of the ``rand`` version (reference: 20).
     :ivar extra_restarts: further APGD-CE restarts run for the checklist's "more restarts" check (0: none).
     :ivar squeezer_gradient: :data:`SQUEEZER_GRADIENTS`.
+    :ivar norms: the norms it runs in (of :data:`NORMS`).
+    :ivar points: at most this many of the points attacked per defence (0: all of them).
+    :ivar sweep: also run at the budget where every input is reachable (the checklist's eps sweep).
     """
 
     version: str = "auto"
     steps: int = 100
     square_queries: int = 5000
     eot_iter: int = 20
-    extra_restarts: int = 2
+    extra_restarts: int = 1
     squeezer_gradient: str = "bpda"
+    norms: tuple[str, ...] = ("linf", "l2")
+    points: int = 0
+    sweep: bool = True
 
     def __post_init__(self) -> None:
         _choice("autoattack.version", self.version, VERSIONS)
         _choice("autoattack.squeezer_gradient", self.squeezer_gradient, SQUEEZER_GRADIENTS)
+        object.__setattr__(self, "norms", tuple(self.norms))
+        if not self.norms:
+            raise ValueError(f"autoattack.norms must name at least one of {', '.join(map(repr, NORMS))}")
+        for norm in self.norms:
+            _choice("autoattack.norms", norm, NORMS)
+        if isinstance(self.points, bool) or not isinstance(self.points, int) or self.points < 0:
+            raise ValueError(f"autoattack.points must be an integer >= 0 (0: all); got {self.points!r}")
         for name in ("steps", "square_queries", "eot_iter"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -123,6 +135,11 @@ class AutoAttackSettings:
     @classmethod
     def from_section(cls, section: dict[str, Any]) -> AutoAttackSettings:
         return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings that determine the attack's output (the checkpoint key); ``points`` and ``sweep``
+        choose what runs, not how."""
+        return {k: v for k, v in asdict(self).items() if k not in ("points", "sweep")}
 
 
 def eps_limit(norm: str, dims: int, width: float = 1.0) -> float:
@@ -157,23 +174,6 @@ def component_seed(seed: int, name: str) -> int:
     """The seed of one component in a unit of work (independent streams per component)."""
     entropy = [int(seed) % (2**63), *name.encode()]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0]) % (2**31 - 1)
-
-
-@dataclass
-class AutoAttackOutput:
-    """What one AutoAttack call returns.
-
-    :ivar adversarial: the ensemble's inputs (float32, same shape as ``x``).
-    :ivar parts: single attacks' inputs on every point, by part name.
-    :ivar seconds: wall time of each component (and of the parts run only for the checklist).
-    :ivar fooled: each component's own verdict per point (the model's answer for deterministic defences,
-        the smoothed soft classifier's on independent draws for randomized ones), for diagnostics.
-    """
-
-    adversarial: np.ndarray
-    parts: dict[str, np.ndarray] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    fooled: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _project(x: torch.Tensor, candidate: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
@@ -245,7 +245,7 @@ def standard_autoattack(
     nb_classes: int,
     seed: int,
     settings: AutoAttackSettings = AutoAttackSettings(),
-) -> AutoAttackOutput:
+) -> AttackOutput:
     """The standard version on a deterministic ``module`` (logits on [0, 1] inputs): see the module
     docstring. Success is judged by ``module``'s own answer."""
     _choice("norm", norm, NORMS)
@@ -301,7 +301,7 @@ def standard_autoattack(
         union[broken] = candidate[broken]
         parts[PART_RESTARTS] = _array(union)
         fooled[PART_RESTARTS] = _array(broken)
-    return AutoAttackOutput(_array(adversarial), parts, timer.seconds, fooled)
+    return AttackOutput(_array(adversarial), parts, timer.seconds, fooled)
 
 
 def _best_loss(attack: torchattacks.attack.Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -319,7 +319,7 @@ def rand_autoattack(
     eps: float,
     seed: int,
     settings: AutoAttackSettings = AutoAttackSettings(),
-) -> AutoAttackOutput:
+) -> AttackOutput:
     """The rand version: ``module`` is attacked (for a smoothed classifier: one fresh noise draw per input
     on every forward pass), ``score`` chooses between candidates (log-probabilities whose noise is
     independent of the attack's and of the final judge's)."""
@@ -381,7 +381,7 @@ def rand_autoattack(
             union = keep_lower(ce, more, every)
         parts[PART_RESTARTS] = _array(union)
         fooled[PART_RESTARTS] = _array(true_probability(union)[1])
-    return AutoAttackOutput(_array(adversarial), parts, timer.seconds, fooled)
+    return AttackOutput(_array(adversarial), parts, timer.seconds, fooled)
 
 
 class _Squeezed(nn.Module):
@@ -405,31 +405,48 @@ class _Squeezed(nn.Module):
 class AutoAttack(Attack):
     """The harness's ``autoattack`` kind: the standard version on deterministic defences (feature squeezing
     through its squeezer with BPDA, Square on its whole pipeline), the rand version on randomized ones,
-    both judged afterwards by the defence's own ``predict`` like every attack."""
+    both judged afterwards by the defence's own ``predict`` like every attack. One unit of work covers all
+    its points: its cost is set per call (thousands of iterations), not per point."""
 
     name = "autoattack"
     norms = ("linf", "l2")
     description = "AutoAttack (Croce & Hein 2020): standard (APGD-CE, APGD-T, FAB-T, Square) or rand"
+    gradient = False  # Square is one of its components
+    chunked = False
 
     def __init__(self, settings: AttackSettings, autoattack: AutoAttackSettings | None = None) -> None:
         super().__init__(settings)
         self.autoattack = autoattack or AutoAttackSettings()
+        self.norms = self.autoattack.norms
+
+    @classmethod
+    def from_config(cls, settings: AttackSettings, config: dict[str, Any]) -> AutoAttack:
+        return cls(settings, AutoAttackSettings.from_section(config.get("autoattack", {})))
 
     def identity(self, norm: str) -> dict[str, Any]:
-        return {**super().identity(norm), "autoattack": asdict(self.autoattack)}
+        return {**super().identity(norm), "autoattack": self.autoattack.as_dict()}
+
+    def max_points(self) -> int | None:
+        return self.autoattack.points or None
 
     def version_for(self, defence: Defence) -> str:
         if self.autoattack.version != "auto":
             return self.autoattack.version
         return "rand" if defence.randomized else "standard"
 
-    def parts_for(self, defence: Defence) -> tuple[str, ...]:
-        """Names of the parts :meth:`perturb_detailed` returns for ``defence``."""
+    def parts(self, defence: Defence) -> dict[str, dict[str, Any]]:
+        white = {"threat": "white-box", "gradient": True, "more_effort_of": None}
         if self.version_for(defence) == "rand":
-            names: tuple[str, ...] = (PART_APGD_CE,)
+            found = {PART_APGD_CE: white}
         else:
-            names = (PART_APGD_CE, PART_GRADIENT, PART_SQUARE)
-        return names + ((PART_RESTARTS,) if self.autoattack.extra_restarts else ())
+            found = {
+                PART_APGD_CE: white,
+                PART_GRADIENT: white,
+                PART_SQUARE: {"threat": "black-box", "gradient": False, "more_effort_of": None},
+            }
+        if self.autoattack.extra_restarts:
+            found[PART_RESTARTS] = {**white, "more_effort_of": PART_APGD_CE}
+        return found
 
     def perturb(
         self, defence: Defence, x: np.ndarray, y: np.ndarray, *, norm: str, eps: float | np.ndarray, seed: int
@@ -438,13 +455,13 @@ class AutoAttack(Attack):
 
     def perturb_detailed(
         self, defence: Defence, x: np.ndarray, y: np.ndarray, *, norm: str, eps: float | np.ndarray, seed: int
-    ) -> AutoAttackOutput:
+    ) -> AttackOutput:
         self.check(norm, eps)
         eps = float(eps)
         x = np.asarray(x, dtype=np.float32)
         if eps == 0 or len(x) == 0:
             same = np.array(x, copy=True)
-            return AutoAttackOutput(same, {part: same for part in self.parts_for(defence)})
+            return AttackOutput(same, {part: same for part in self.parts(defence)})
         version = self.version_for(defence)
         squeeze = getattr(defence, "squeeze", None)
         if squeeze is not None:

@@ -88,7 +88,12 @@ def test_standard_version_keeps_the_threat_model_and_the_global_generators(digit
     before = _global_state()
     output = attack.perturb_detailed(defence, x, y, norm=norm, eps=eps, seed=5)
     assert _same_state(before, _global_state())  # the components' torch.manual_seed calls are undone
-    assert set(output.parts) == {"apgd-ce", "gradient", "square", "apgd-ce-restarts"}
+    assert (
+        set(output.parts)
+        == set(attack.parts(defence))
+        == {"apgd-ce", "gradient", "square", "apgd-ce-restarts"}
+    )
+    assert attack.parts(defence)["square"]["threat"] == "black-box"
     assert set(output.seconds) == {"apgd-ce", "apgd-t", "fab-t", "square", "apgd-ce-restarts"}
     for adversarial in (output.adversarial, *output.parts.values()):
         assert adversarial.dtype == np.float32 and adversarial.shape == x.shape
@@ -256,6 +261,9 @@ def test_bad_settings_and_budgets_are_refused_naming_the_choices():
         AutoAttackSettings(squeezer_gradient="identity")
     with pytest.raises(ValueError, match="autoattack.steps must be an integer >= 1"):
         AutoAttackSettings(steps=0)
+    with pytest.raises(ValueError, match=r"autoattack.norms must be one of 'linf', 'l2'; got 'l1'"):
+        AutoAttackSettings(norms=["linf", "l1"])
+    assert AutoAttack(AttackSettings(), AutoAttackSettings(norms=["l2"])).norms == ("l2",)
     with pytest.raises(ValueError, match="runs in norms"):
         AutoAttack(AttackSettings()).check("l1", 0.1)
     with pytest.raises(ValueError, match=r"norm must be one of 'linf', 'l2'; got 'l1'"):

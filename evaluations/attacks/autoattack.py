@@ -58,6 +58,7 @@ __all__ = [
     "AutoAttackSettings",
     "check_eps",
     "eps_limit",
+    "probe_seconds",
     "rand_autoattack",
     "standard_autoattack",
 ]
@@ -504,3 +505,51 @@ class AutoAttack(Attack):
 def _nb_classes(module: nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad():
         return int(module(x[:1]).shape[1])
+
+
+def probe_seconds(
+    module: nn.Module,
+    x: torch.Tensor,
+    *,
+    norm: str,
+    version: str,
+    settings: AutoAttackSettings = AutoAttackSettings(),
+    probe_steps: int = 2,
+    probe_queries: int = 25,
+) -> dict[str, float]:
+    """Seconds each component of one unit on ``x`` would take at ``settings``, extrapolated from running it
+    here at ``probe_steps`` steps (``probe_queries`` Square queries) against ``module``'s own answers at a
+    budget too small to break anything, so that every component runs on every point: the cascade's upper
+    bound, for ``--dry-run``.
+
+    The components' cost is mostly per iteration, not per point, on small models: this prices the
+    iterations as they run here, bookkeeping included, which counting model passes would miss."""
+    _choice("norm", norm, NORMS)
+    _choice("version", version, VERSIONS[1:])
+    with torch.no_grad():
+        y = module(x).argmax(dim=1)
+    probe = AutoAttackSettings(
+        steps=probe_steps,
+        square_queries=probe_queries,
+        eot_iter=min(settings.eot_iter, 2),
+        extra_restarts=min(settings.extra_restarts, 1),
+    )
+    with frozen_parameters(module):
+        if version == "rand":
+            output = rand_autoattack(module, module, x, y, norm=norm, eps=1e-6, seed=0, settings=probe)
+        else:
+            output = standard_autoattack(
+                module, x, y, norm=norm, eps=1e-6, nb_classes=_nb_classes(module, x), seed=0, settings=probe
+            )
+    scale = {
+        "square": settings.square_queries / probe_queries,
+        PART_RESTARTS: settings.extra_restarts * (settings.steps + 1) / (probe.steps + 1),
+    }
+    eot = settings.eot_iter / probe.eot_iter if version == "rand" else 1.0
+    seconds = {}
+    for name, spent in output.seconds.items():
+        factor = scale.get(name, (settings.steps + 1) / (probe.steps + 1))
+        seconds[name] = spent * factor * (eot if name != "square" else 1.0)
+    if not settings.extra_restarts:
+        seconds.pop(PART_RESTARTS, None)
+    return seconds

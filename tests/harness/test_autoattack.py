@@ -278,3 +278,18 @@ def test_bad_settings_and_budgets_are_refused_naming_the_choices():
         check_eps("attacks.l2_eps", "l2", [9.0], 64)
     with pytest.raises(ValueError, match=r"autoattack.l2_sweep: expected numbers in \[0, 28\]"):
         check_eps("autoattack.l2_sweep", "l2", ["big"], 784)
+
+
+def test_probe_prices_every_component_of_a_unit(clean_model):
+    from evaluations.attacks.autoattack import probe_seconds
+
+    x = torch.rand(8, 1, 8, 8)
+    standard = probe_seconds(clean_model, x, norm="linf", version="standard", settings=FAST)
+    assert set(standard) == {"apgd-ce", "apgd-t", "fab-t", "square", "apgd-ce-restarts"}
+    assert all(seconds > 0 for seconds in standard.values())
+    rand = probe_seconds(
+        clean_model, x, norm="l2", version="rand", settings=AutoAttackSettings(extra_restarts=0)
+    )
+    assert set(rand) == {"apgd-ce", "apgd-dlr"} and all(seconds > 0 for seconds in rand.values())
+    with pytest.raises(ValueError, match="version must be one of 'standard', 'rand'"):
+        probe_seconds(clean_model, x, norm="l2", version="auto")

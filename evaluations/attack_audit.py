@@ -68,7 +68,8 @@ def audit_defence(
     :param deterministic: the defence answers deterministically (then "broken by any of several attacks"
         is exact, and Square is compared with the gradient attacks together).
     :param unbounded_eps: per norm, the budget at which every input is reachable (the eps sweep's end).
-    :returns: ``checks`` (every check made, flagged or not), ``flags`` (the flagged ones), ``autoattack``
+    :returns: ``checks`` (every check made, flagged or not), ``flags`` (the flagged ones), ``curves`` (per
+        norm, AutoAttack's accuracy at every budget and the other attacks' worst case), ``autoattack``
         (AutoAttack against each single attack per (norm, eps)), ``times`` (per attack: seconds, units
         and, for AutoAttack, seconds per component).
     """
@@ -109,10 +110,36 @@ def audit_defence(
     return {
         "checks": checks,
         "flags": checklist.flags(checks),
+        "curves": _curves(entries),
         "sweep_checked": {s["norm"]: s["eps"] for s in sweeps if s is not None},
         "autoattack": comparisons,
         "times": attack_times(entries),
     }
+
+
+def _curves(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Per norm: AutoAttack's accuracy at every budget it ran (the sweep's too), and the worst case of the
+    other attacks (not AutoAttack's parts) at each budget of the grid, on the points they all covered."""
+    curves: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for norm in dict.fromkeys(e["norm"] for e in entries):
+        rows = [e for e in entries if e["norm"] == norm and e.get("part_of") is None]
+        ours = sorted((e for e in rows if e["attack"] == AUTOATTACK), key=lambda e: e["eps"])
+        if ours:
+            curves.setdefault(norm, {})[AUTOATTACK] = {
+                "eps": [float(e["eps"]) for e in ours],
+                "accuracy": [float(np.mean(e["predict"] == e["label"])) for e in ours],
+            }
+        others = [e for e in rows if e["attack"] != AUTOATTACK and not e.get("sweep")]
+        budgets = sorted({float(e["eps"]) for e in others})
+        if budgets:
+            accuracy = []
+            for eps in budgets:
+                cell = [e for e in others if float(e["eps"]) == eps]
+                count = common_points(cell)
+                robust = np.logical_and.reduce([e["predict"][:count] == e["label"][:count] for e in cell])
+                accuracy.append(float(np.mean(robust)))
+            curves.setdefault(norm, {})["others"] = {"eps": budgets, "accuracy": accuracy}
+    return curves
 
 
 def attack_times(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:

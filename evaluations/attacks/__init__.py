@@ -146,6 +146,10 @@ class Attack:
         follows gradients (``gradient``) and which part it repeats with more effort (``more_effort_of``)."""
         return {}
 
+    def sweep_budgets(self, norm: str, dims: int) -> list[float]:
+        """Budgets beyond the grid to run at, for the checklist's eps sweep (none by default)."""
+        return []
+
     def max_points(self) -> int | None:
         """At most this many test points (of those attacked per defence); ``None``: all of them."""
         return None

@@ -430,6 +430,10 @@ class AutoAttack(Attack):
     def max_points(self) -> int | None:
         return self.autoattack.points or None
 
+    def sweep_budgets(self, norm: str, dims: int) -> list[float]:
+        """The budget where every input in [0, 1] is reachable (L-inf 1, L2 sqrt(d)), if sweeping."""
+        return [eps_limit(norm, dims)] if self.autoattack.sweep else []
+
     def version_for(self, defence: Defence) -> str:
         if self.autoattack.version != "auto":
             return self.autoattack.version

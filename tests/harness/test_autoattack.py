@@ -86,7 +86,10 @@ def test_standard_version_keeps_the_threat_model_and_the_global_generators(digit
     attack = AutoAttack(AttackSettings(), FAST)
     x, y = digits.x_test[:40], digits.y_test[:40]
     before = _global_state()
+    torch.set_num_threads(2)  # it runs on autoattack.threads (1) and restores the caller's setting
     output = attack.perturb_detailed(defence, x, y, norm=norm, eps=eps, seed=5)
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
     assert _same_state(before, _global_state())  # the components' torch.manual_seed calls are undone
     assert (
         set(output.parts)

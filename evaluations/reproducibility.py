@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,13 +34,18 @@ def derive_seed(seed: int, *parts: Any) -> int:
 
 @contextlib.contextmanager
 def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's and NumPy's global generators for a library that draws from them (torchattacks' and
-    ART's random starts), restoring both afterwards so nothing else is perturbed."""
-    state = np.random.get_state()  # noqa: NPY002 - the libraries draw from the legacy global state
+    """Seed torch's (CPU and every CUDA device's), NumPy's legacy and Python's global generators for a
+    library that draws from them or resets them (torchattacks' and ART's random starts; torchattacks'
+    AutoAttack components call ``torch.manual_seed``), and restore all of them afterwards, so that nothing
+    outside sees a draw or a reset."""
+    numpy_state = np.random.get_state()  # noqa: NPY002 - the libraries draw from the legacy global state
+    python_state = random.getstate()
     with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
         torch.manual_seed(seed)
         np.random.seed(seed % (2**32 - 1))  # noqa: NPY002
+        random.seed(seed)
         try:
             yield
         finally:
-            np.random.set_state(state)  # noqa: NPY002
+            np.random.set_state(numpy_state)  # noqa: NPY002
+            random.setstate(python_state)

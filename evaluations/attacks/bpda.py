@@ -25,7 +25,7 @@ from torch import nn
 if TYPE_CHECKING:  # pragma: no cover
     from evaluations.defences.feature_squeezing import FeatureSqueezingDetector
 
-__all__ = ["bpda_pgd", "detector_evading_pgd", "pgd"]
+__all__ = ["bpda_pgd", "detector_evading_pgd", "frozen_parameters", "pgd"]
 
 #: Per-example objective to MAXIMISE, and per-example success test, of a batch of candidate inputs.
 Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -173,7 +173,7 @@ def bpda_pgd(
     def success(x_adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return model(squeeze(x_adv)).argmax(dim=1) != labels
 
-    with _frozen(model):
+    with frozen_parameters(model):
         return pgd(
             objective,
             success,
@@ -258,7 +258,7 @@ def detector_evading_pgd(
         scores = torch.as_tensor(detector.score(x_adv.detach().cpu().numpy()), device=x_adv.device)
         return wrong & (scores <= threshold)
 
-    with _frozen(model):
+    with frozen_parameters(model):
         return pgd(
             objective,
             success,
@@ -289,7 +289,7 @@ def _runner_up(
     return np.concatenate(targets) if targets else np.zeros(0, np.int64)
 
 
-class _frozen:
+class frozen_parameters:
     """Turn off ``requires_grad`` of the model's parameters for the attack (no parameter gradients are
     computed or accumulated) and restore it afterwards."""
 

@@ -50,6 +50,7 @@ def smoothadv_l2(
 
 
 class SmoothAdv(Attack):
+    uses_differentiable = True
     name = "smoothadv"
     norms = ("l2",)
     per_example = True

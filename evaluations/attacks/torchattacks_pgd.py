@@ -25,6 +25,7 @@ __all__ = ["TorchattacksEOTPGD", "TorchattacksPGD", "TorchattacksPGDL2"]
 
 
 class _TorchattacksBase(Attack):
+    uses_differentiable = True
     fixed_noise = True
 
     def _make(self, module: torch.nn.Module, eps: float) -> torchattacks.attack.Attack:

@@ -65,6 +65,8 @@ class Defence:
     smoothed = False
     randomized = False
     has_detector = False
+    #: ``differentiable`` is the defence itself (False: a stand-in, so gradient attacks on it transfer).
+    differentiable_is_defence = True
 
     def __init__(self, name: str, kind: str, estimator: Any, model: torch.nn.Module, identity: dict) -> None:
         self.name = name

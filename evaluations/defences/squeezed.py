@@ -66,6 +66,7 @@ class _Float32:
 
 class FeatureSqueezingDefence(Defence):
     has_detector = True
+    differentiable_is_defence = False  # the bare model: plain gradient attacks are transfer attacks
 
     def __init__(self, name, kind, estimator, model, identity, *, detector, squeeze, device) -> None:
         super().__init__(name, kind, estimator, model, identity)

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,16 +33,21 @@ import torch
 from torch import nn
 
 from . import wire
-from .sandbox import WorkerCommand
+from .sandbox import Limits, WorkerCommand, exposed_paths, process_command, sandbox_command, sandbox_support
 
-__all__ = ["RemoteModule", "SubmissionFailure", "WorkerClient"]
+__all__ = ["RemoteModule", "SubmissionFailure", "WorkerClient", "start_worker"]
 
 #: Most classes a worker's outputs may have before the expected count is known (the first probe).
 MAX_OUTPUTS = 100_000
 
 
 class SubmissionFailure(RuntimeError):
-    """A submission's worker failed: the message (one line) says how."""
+    """A submission's worker failed: the message (one line) says how; ``output`` holds what the worker
+    printed (the first ``output_kb``)."""
+
+    def __init__(self, reason: str, output: str = "") -> None:
+        super().__init__(reason)
+        self.output = output
 
 
 class _OutputDrain(threading.Thread):
@@ -74,9 +83,16 @@ class WorkerClient:
     """
 
     def __init__(
-        self, command: WorkerCommand, *, output_kb: int, load_timeout: float, call_timeout: float
+        self,
+        command: WorkerCommand,
+        *,
+        output_kb: int,
+        load_timeout: float,
+        call_timeout: float,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.command = command
+        self._on_close = on_close
         self.call_timeout = call_timeout
         self.stop_reason: str | None = None
         self.failure: str | None = None
@@ -144,6 +160,9 @@ class WorkerClient:
                     stream.close()
                 except OSError:
                     pass
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
 
     def __enter__(self) -> WorkerClient:
         return self
@@ -163,20 +182,24 @@ class WorkerClient:
             code = self.process.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
             return "stopped answering"
+        self._drain.join(timeout=2.0)
         signum = -code if code < 0 else code - 128 if code > 128 else 0
         if signum:
             name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else signum
             known = {
                 "SIGXCPU": "exceeded its CPU time limit",
                 "SIGXFSZ": "exceeded its file size limit",
-                "SIGKILL": "was killed (SIGKILL: out of memory or a limit)",
+                "SIGKILL": "was killed (out of memory, or past its CPU time limit)",
             }
             return f"{known.get(str(name), 'was killed')} ({name})"
-        return f"exited with status {code}"
+        last = _one_line(self.output.strip().splitlines()[-1], 160) if self.output.strip() else ""
+        return f"exited with status {code}" + (f" (its last output: {last})" if last else "")
 
     def _fail(self, reason: str) -> None:
         self.failure = reason
-        raise SubmissionFailure(reason)
+        if self.process.poll() is not None:
+            self._drain.join(timeout=2.0)
+        raise SubmissionFailure(reason, self.output)
 
     # -- requests ----------------------------------------------------------------------------------------
     def _receive(self, allowed: frozenset[int], max_payload: int, timeout: float, what: str) -> wire.Message:
@@ -208,7 +231,7 @@ class WorkerClient:
     ) -> np.ndarray | None:
         """Send one request and return the checked array of its reply (``None`` for UNKNOWN_HANDLE)."""
         if self.failure is not None:
-            raise SubmissionFailure(self.failure)
+            raise SubmissionFailure(self.failure, self.output)
         with self._lock:
             deadline = time.monotonic() + self.call_timeout
             try:
@@ -324,3 +347,60 @@ class RemoteModule(nn.Module):
 
     def close(self) -> None:
         self.client.close()
+
+
+def start_worker(
+    folder: Path,
+    spec: dict[str, Any],
+    *,
+    isolation: str,
+    limits: Limits,
+    threads: int,
+    outputs: int | None = None,
+    protected: Sequence[Path] = (),
+) -> RemoteModule:
+    """Start a worker for the submission in ``folder`` and return its model as a :class:`RemoteModule`.
+
+    :param spec: ``{"format": "python" | "torch_export", "module", "weights", "kwargs"}``, paths relative
+        to ``folder``.
+    :param isolation: ``"sandbox"`` or ``"process"`` (see :mod:`.sandbox`).
+    :param protected: paths the submission must not be able to read (other submissions, results,
+        configuration, model cache); a sandbox that would expose one is refused.
+    :raises SubmissionFailure: the worker could not be started or did not load the model.
+    """
+    folder = Path(folder).resolve()
+    on_close = None
+    if isolation == "sandbox":
+        support = sandbox_support()
+        if not support.available:
+            raise SubmissionFailure(f"the sandbox is not available here: {support.reason}")
+        exposed = exposed_paths(folder, list(protected))
+        if exposed:
+            raise SubmissionFailure(
+                f"the sandbox would let the submission read {exposed[0]}; keep submissions, results and "
+                "configuration outside the Python installation and the system folders"
+            )
+        command = sandbox_command(folder, spec, limits, threads, support)
+    elif isolation == "process":
+        private = Path(tempfile.mkdtemp(prefix="art-smoothing-submission-"))
+        shutil.copytree(folder, private / "submission", symlinks=True)
+        command = process_command(private / "submission", spec, limits, threads)
+
+        def on_close() -> None:
+            shutil.rmtree(private, ignore_errors=True)
+
+    else:
+        raise ValueError(f"isolation must be 'sandbox' or 'process', got {isolation!r}")
+    try:
+        client = WorkerClient(
+            command,
+            output_kb=limits.output_kb,
+            load_timeout=limits.load_timeout,
+            call_timeout=limits.call_timeout,
+            on_close=on_close,
+        )
+    except OSError as error:
+        if on_close is not None:
+            on_close()
+        raise SubmissionFailure(f"the worker did not start: {error}") from None
+    return RemoteModule(client, outputs)

@@ -85,17 +85,18 @@ class Limits:
     load_timeout: float = 120.0
     call_timeout: float = 60.0
 
-    def rlimits(self, *, processes: bool) -> dict[str, int]:
-        """The ``RLIMIT_*`` values the worker sets on itself."""
+    def rlimits(self, *, processes: bool) -> dict[str, list[int]]:
+        """The ``RLIMIT_*`` (soft, hard) pairs the worker sets on itself. The CPU limit's soft value
+        sends SIGXCPU, its hard value 5 s later SIGKILL (for a submission that ignores SIGXCPU)."""
         limits = {
-            "RLIMIT_AS": self.memory_mb << 20,
-            "RLIMIT_CPU": int(self.cpu_seconds),
-            "RLIMIT_FSIZE": self.disk_mb << 20,
-            "RLIMIT_CORE": 0,
-            "RLIMIT_NOFILE": 256,
+            "RLIMIT_AS": [self.memory_mb << 20] * 2,
+            "RLIMIT_CPU": [int(self.cpu_seconds), int(self.cpu_seconds) + 5],
+            "RLIMIT_FSIZE": [self.disk_mb << 20] * 2,
+            "RLIMIT_CORE": [0, 0],
+            "RLIMIT_NOFILE": [256, 256],
         }
         if processes:
-            limits["RLIMIT_NPROC"] = self.processes
+            limits["RLIMIT_NPROC"] = [self.processes] * 2
         return limits
 
     def describe(self) -> str:

@@ -59,11 +59,11 @@ KEPT_GRAPHS = 8
 channel_out_fd = -1
 
 
-def apply_limits(limits: dict[str, int]) -> None:
-    """``setrlimit`` each ``RLIMIT_*`` name to ``(value, value)``: hard limits, which the submission
-    cannot raise again."""
-    for name, value in limits.items():
-        resource.setrlimit(getattr(resource, name), (value, value))
+def apply_limits(limits: dict[str, list[int]]) -> None:
+    """``setrlimit`` each ``RLIMIT_*`` name to its ``(soft, hard)`` pair: hard limits, which the
+    submission cannot raise again."""
+    for name, (soft, hard) in limits.items():
+        resource.setrlimit(getattr(resource, name), (soft, hard))
 
 
 def copy_submission(source: Path, target: Path) -> None:

@@ -411,6 +411,8 @@ class OnnxClassifier(nn.Module):
         self.path = path
         self._input = session.get_inputs()[0].name
         self._output = session.get_outputs()[0].name
+        # An empty parameter gives the module a device for code that asks ``next(model.parameters())``.
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def run_onnxruntime(self, x: Tensor) -> Tensor:
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()

@@ -98,6 +98,8 @@ class WorkerClient:
         self.failure: str | None = None
         self._handles = itertools.count(1)
         self._lock = threading.Lock()
+        #: Requests answered, by kind name (the report gives them; the overhead scales with them).
+        self.requests = {"forward": 0, "forward_keep": 0, "vjp": 0}
         self.process = subprocess.Popen(
             command.argv,
             cwd=command.cwd,
@@ -270,6 +272,7 @@ class WorkerClient:
 
     def forward(self, x: np.ndarray, outputs: int | None = None) -> np.ndarray:
         """The model's outputs on ``x`` (float32, shape ``(len(x), outputs)``)."""
+        self.requests["forward"] += 1
         expect = None if outputs is None else (len(x), outputs)
         result = self._call(wire.Kind.FORWARD, x, 0, expect, "computing outputs")
         assert result is not None
@@ -277,6 +280,7 @@ class WorkerClient:
 
     def forward_keep(self, x: np.ndarray, outputs: int | None = None) -> tuple[np.ndarray, int]:
         """The outputs on ``x`` and a handle to their graph for one :meth:`vjp`."""
+        self.requests["forward_keep"] += 1
         handle = next(self._handles) & 0xFFFFFFFF
         expect = None if outputs is None else (len(x), outputs)
         result = self._call(wire.Kind.FORWARD_KEEP, x, handle, expect, "computing outputs")
@@ -286,6 +290,7 @@ class WorkerClient:
     def vjp(self, handle: int, cotangent: np.ndarray, x: np.ndarray) -> np.ndarray:
         """The gradient of ``<outputs, cotangent>`` with respect to the inputs of ``handle``'s forward
         pass (recomputed from ``x`` if the worker no longer keeps that graph)."""
+        self.requests["vjp"] += 1
         result = self._call(wire.Kind.VJP, cotangent, handle, x.shape, "computing a gradient")
         if result is None:
             _, handle = self.forward_keep(x, cotangent.shape[1])
@@ -332,8 +337,8 @@ class RemoteModule(nn.Module):
         super().__init__()
         self.client = client
         self.outputs = outputs
-        # A buffer gives the module a device and dtype for code that asks its parameters or buffers.
-        self.register_buffer("anchor", torch.zeros(0))
+        # An empty parameter gives the module a device for code that asks ``next(model.parameters())``.
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     @property
     def isolation(self) -> str:

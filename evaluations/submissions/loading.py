@@ -25,8 +25,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import io
 import pickle
+import pickletools
 import sys
+import warnings
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +45,8 @@ __all__ = [
     "import_attribute",
     "load_exported_program",
     "load_weights_into",
+    "pickle_contents",
+    "pickle_hint",
     "read_state_dict",
 ]
 
@@ -49,6 +55,99 @@ PICKLE_HINT = (
     "which would run code when loaded. Convert it ONCE, on a machine you trust, to a plain state_dict: "
     "model = torch.load('model.pt', weights_only=False); torch.save(model.state_dict(), 'weights.pt')"
 )
+
+
+#: The most of a refused file's pickle that is read to describe it (a hostile file may be huge, or a zip
+#: that inflates without end); a description of the beginning is enough for the advice.
+_PICKLE_READ_LIMIT = 16 << 20
+
+
+def _pickle_bytes(path: Path) -> tuple[bytes, bool]:
+    """The main pickle of a weights file (its first 16 MiB at most) and whether torch.save wrote it (its
+    zip format)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            if not names:
+                return b"", True
+            with archive.open(names[0]) as member:
+                return member.read(_PICKLE_READ_LIMIT), True
+    with open(path, "rb") as stream:
+        return stream.read(_PICKLE_READ_LIMIT), False
+
+
+def pickle_contents(path: str | Path) -> tuple[str, list[str]]:
+    """What a pickled weights file holds, read WITHOUT unpickling (opcodes only, no code runs): its top
+    level (``"dict"``, ``"object <module.Class>"``, ``"other"`` or ``"unknown"``) and the Python globals
+    it names (``module.name``), as far as the opcodes can be read."""
+    texts = ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8")
+    bookkeeping = ("PROTO", "FRAME", "MARK", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
+    found: list[str] = []
+    strings: list[str] = []
+    top = "unknown"
+    try:
+        data, _ = _pickle_bytes(Path(path))
+        for opcode, argument, _ in pickletools.genops(io.BytesIO(data)):
+            if opcode.name in texts:
+                strings.append(str(argument))
+            name = None
+            if opcode.name == "GLOBAL":
+                name = str(argument).replace(" ", ".")
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                name = f"{strings[-2]}.{strings[-1]}"
+            if name and name not in found:
+                found.append(name)
+            if top == "unknown" and opcode.name not in bookkeeping:
+                if opcode.name in ("EMPTY_DICT", "DICT"):
+                    top = "dict"
+                elif name is not None:
+                    top = "dict" if name in ("collections.OrderedDict", "builtins.dict") else f"object {name}"
+                elif opcode.name not in texts:
+                    top = "other"
+    except Exception:  # unreadable, or cut at the read limit: keep what was read, guess nothing more
+        pass
+    return top, found
+
+
+def pickle_hint(path: str | Path) -> str:
+    """Advice that fits what a refused weights file holds: a whole model, a dict such as a training
+    checkpoint, or a state_dict written with ``pickle`` instead of ``torch.save``."""
+    path = Path(path)
+    top, found = pickle_contents(path)
+    _, from_torch = _pickle_bytes(path) if path.is_file() else (b"", True)
+    torch_names = ("torch._utils.", "torch.", "collections.OrderedDict", "builtins.")
+    foreign = [name for name in found if not name.startswith(torch_names)]
+    named = f" (it names {', '.join(foreign[:4])})" if foreign else ""
+    if top == "dict" and not foreign and not from_torch:
+        return (
+            "The file is a dict of tensors written with pickle, not torch.save; pickle stores tensors in a "
+            "form that only running code can read. Re-save it ONCE, on a machine you trust: "
+            f"torch.save(pickle.load(open('{path.name}', 'rb')), 'weights.pt'); and save weights with "
+            "torch.save(model.state_dict(), 'weights.pt') from then on"
+        )
+    if top == "dict":
+        advice = (
+            f"The file holds a dict with Python objects besides tensors{named}, for example a training "
+            "checkpoint with an epoch count, metrics or optimizer state; loading it would run code. Keep "
+            "only the parameters, ONCE, on a machine you trust: checkpoint = torch.load("
+            f"'{path.name}', weights_only=False); torch.save(checkpoint['state_dict'], 'weights.pt') "
+            "(with the key that holds the model's parameters)"
+        )
+    elif top.startswith("object "):
+        advice = (
+            f"The file holds a pickled Python object ({top.removeprefix('object ')}), for example a whole "
+            "model saved with torch.save(model); loading it would run code. Convert it ONCE, on a machine "
+            f"you trust, to a plain state_dict: model = torch.load('{path.name}', weights_only=False); "
+            "torch.save(model.state_dict(), 'weights.pt')"
+        )
+    else:
+        advice = PICKLE_HINT
+    if not from_torch:
+        advice += (
+            ". It was written with pickle, not torch.save: save the weights with "
+            "torch.save(model.state_dict(), 'weights.pt')"
+        )
+    return advice
 
 
 class LoadError(ValueError):
@@ -157,12 +256,16 @@ def read_state_dict(path: str | Path, key: str = "model.weights") -> dict[str, t
             raise LoadError(key, "a valid .safetensors file", str(path), hint=str(error)) from None
     expected = "a state_dict loadable with torch.load(weights_only=True)"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of files written with pickle; the refusal below says
+            # what to do about them, so the warning would only add noise to the output.
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise LoadError(key, expected, str(path), hint=PICKLE_HINT) from None
+        raise LoadError(key, expected, str(path), hint=pickle_hint(path)) from None
     except RuntimeError as error:
         text = str(error).lower()
-        hint = PICKLE_HINT if "weights_only" in text or "unpickl" in text else str(error)
+        hint = pickle_hint(path) if "weights_only" in text or "unpickl" in text else str(error)
         raise LoadError(key, expected, str(path), hint=hint) from None
     except Exception as error:  # truncated or not a torch file at all
         raise LoadError(

@@ -1,6 +1,6 @@
 """Where a submission's worker runs: the command line of its process and the limits it runs under.
 
-Three isolation modes (``isolation.mode``):
+Three isolation modes (``isolation.mode``, :data:`evaluations.config.sections.ISOLATION_MODES`):
 
 ``sandbox``
     bubblewrap (``bwrap``): new PID, network, IPC, UTS (and cgroup) namespaces, an empty root filesystem
@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
-    "ISOLATION_MODES",
     "NOBODY",
     "WORKER_DIR",
     "Limits",
@@ -54,7 +53,6 @@ __all__ = [
     "sandbox_support",
 ]
 
-ISOLATION_MODES = ("sandbox", "process", "none")
 #: uid and gid of the sandboxed worker.
 NOBODY = 65534
 #: The worker's own code: bound read-only into the sandbox.
@@ -84,6 +82,11 @@ class Limits:
     output_kb: int = 1024
     load_timeout: float = 120.0
     call_timeout: float = 60.0
+
+    @classmethod
+    def from_config(cls, section: dict) -> Limits:
+        """The limits of the configuration's ``[isolation]`` section."""
+        return cls(**{name: section[name] for name in cls.__dataclass_fields__})
 
     def rlimits(self, *, processes: bool) -> dict[str, list[int]]:
         """The ``RLIMIT_*`` (soft, hard) pairs the worker sets on itself. The CPU limit's soft value

@@ -232,7 +232,8 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
     if store.user_model:
         model, classifier_key = store.load_user()
         lines.append(
-            f"user model {config['model']['module']} loads and fits its weights (key {classifier_key})."
+            f"user model {config['model']['module'] or config['model']['weights']} loads and fits its "
+            f"weights (key {classifier_key})."
         )
         training_rows = []
     else:
@@ -303,6 +304,7 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
             f"{row['backward']:,} | {seconds:.0f} |"
         )
     lines += ["", f"estimated total: {total / 60:.1f} minutes on this machine (planning figure, about ±2x)."]
+    store.release_user()
     return "\n".join(lines)
 
 

@@ -5,13 +5,16 @@ holding the model code, the weights and optionally ``submission.toml`` (or ``.js
 table (``module``, ``weights``, ``kwargs``, ``mean``, ``std``, ``nb_classes``). A ``[smoothing]`` table
 with ``sigmas`` is accepted but ignored, with a note in that submission's report: the instructor's
 configuration fixes the sigmas and defences of every submission, so ranks compare like with like.
-Without that file the defaults are
-``module = "model.py:Model"`` and the one ``.pt``/``.pth``/``.safetensors`` file of the folder. Paths are
-relative to the submission's folder.
+Without that file the defaults are the
+folder's one ``.onnx``, ``.pt2`` or ``.pt``/``.pth``/``.safetensors`` file, with ``module =
+"model.py:Model"`` for the last kind. Paths are relative to the submission's folder.
 
-IMPORTING A SUBMISSION'S MODEL RUNS ITS CODE with the instructor's permissions. Weights are loaded without
-running code, but the model class is Python the student wrote: run instructor mode in a container or
-a throwaway account when submissions are not trusted.
+A submission is an ONNX file (``model.onnx``: loaded here, no submitted code runs), a ``torch.export``
+program (``model.pt2``) or Python code with a state_dict. The last two run code, so each runs in its own
+worker process inside a bubblewrap sandbox (:mod:`evaluations.submissions.sandbox`: no network, only its
+own files, uid nobody, resource limits) and answers in plain arrays. Where the sandbox is unavailable they
+are refused, each with a row saying why, unless ``trust_submissions`` (``--trust-submissions``) lets them
+run in a plain worker process; their rows are then marked TRUSTED.
 
 Every submission is validated first (config, import, weights, output shape); one that fails gets a row
 with its error, listed without a rank, and the others still run. Defences that train their own
@@ -25,20 +28,25 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, load_config_file, resolve_config
+from .config.sections import WHOLE_MODEL_SUFFIXES
+from .models import DEFAULT_CACHE_DIR
 from .pipeline import Pipeline
 from .registry import DEFENCE_KINDS
 from .report import run_and_report
 from .storage import atomic_write_json, atomic_write_text
+from .submissions.formats import model_format
+from .submissions.sandbox import sandbox_support
 
 __all__ = ["Submission", "discover_submissions", "leaderboard_rows", "run_leaderboard"]
 
 _ALLOWED = {"model": None, "smoothing": {"sigmas"}}
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
+_WEIGHT_SUFFIXES = (".onnx", ".pt2", ".pt", ".pth", ".safetensors")
 
 
 @dataclass
@@ -47,6 +55,7 @@ class Submission:
     folder: Path
     overrides: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    format: str = ""  # onnx, torch_export or python (evaluations.submissions.formats)
 
 
 def _submission_config(folder: Path) -> dict[str, Any]:
@@ -79,14 +88,9 @@ def discover_submissions(folder: str | Path) -> list[Submission]:
         try:
             data = _submission_config(sub)
             model = dict(data.get("model", {}))
-            module = model.get("module", "model.py:Model")
-            target, _, attribute = str(module).rpartition(":")
-            if target.endswith(".py") and not Path(target).is_absolute():
-                module = f"{(sub / target).resolve()}:{attribute}"
-            model["module"] = module
             weights = model.get("weights")
             if not weights:
-                found = sorted(p for p in sub.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+                found = sorted(p for p in sub.iterdir() if p.suffix.lower() in _WEIGHT_SUFFIXES)
                 if len(found) != 1:
                     raise ConfigError(
                         "model.weights",
@@ -95,7 +99,14 @@ def discover_submissions(folder: str | Path) -> list[Submission]:
                         [p.name for p in found],
                     )
                 weights = found[0].name
+            whole = Path(weights).suffix.lower() in WHOLE_MODEL_SUFFIXES
+            module = model.get("module", "" if whole else "model.py:Model")
+            target, _, attribute = str(module).rpartition(":")
+            if target.endswith(".py") and not Path(target).is_absolute():
+                module = f"{(sub / target).resolve()}:{attribute}"
+            model["module"] = module
             model["weights"] = str((sub / weights).resolve()) if not Path(weights).is_absolute() else weights
+            submission.format = model_format(module, model["weights"])
             submission.overrides = {
                 "model": model,
                 **({"smoothing": data["smoothing"]} if "smoothing" in data else {}),
@@ -137,9 +148,21 @@ def _config_for(
 ROBUST_SOURCE = "undefended"
 
 
-def leaderboard_rows(reports: dict[str, dict[str, Any] | str]) -> tuple[list[str], list[list[Any]], str]:
+#: The isolation column: how each kind of submission ran.
+ISOLATION_LABELS = {
+    "onnx": "none needed (ONNX: no code runs)",
+    "sandbox": "sandbox",
+    "process": "TRUSTED: own process, no sandbox",
+    "none": "TRUSTED: the evaluator's process",
+}
+
+
+def leaderboard_rows(
+    reports: dict[str, dict[str, Any] | str], details: dict[str, dict[str, str]] | None = None
+) -> tuple[list[str], list[list[Any]], str]:
     """``(header, rows, ranking note)`` from each submission's results (or a status string: an error
     message, or the dry run's "valid"). Cells are numbers (percent), strings or ``None`` (no value).
+    ``details`` gives each submission's ``format`` and ``isolation`` columns.
 
     Ranking: a submission with a smoothed defence is ranked by the ACR of its best one chosen WITHOUT
     optimism, as its report does (``results["selection"]``: every certificate of its k smoothed defences
@@ -147,7 +170,8 @@ def leaderboard_rows(reports: dict[str, dict[str, Any] | str]) -> tuple[list[str
     are that defence's, at that level. Otherwise by the mean worst-case robust accuracy. Only evaluated
     submissions are ranked; the others are listed after them with their status and rank ``None``."""
     sample = next((r for r in reports.values() if isinstance(r, dict)), None)
-    header = ["rank", "submission", "status", "clean accuracy (%)"]
+    details = details or {}
+    header = ["rank", "submission", "status", "format", "isolation", "clean accuracy (%)"]
     eps_columns: list[tuple[str, float]] = []
     radii: list[float] = []
     if sample is not None:
@@ -162,11 +186,13 @@ def leaderboard_rows(reports: dict[str, dict[str, Any] | str]) -> tuple[list[str
     ranked, unranked = [], []
     certified_any = False
     for name, report in reports.items():
+        kind = details.get(name, {})
+        described = [kind.get("format") or None, kind.get("isolation") or None]
         if not isinstance(report, dict):
-            unranked.append([None, name, str(report)] + [None] * (len(header) - 3))
+            unranked.append([None, name, str(report), *described] + [None] * (len(header) - 5))
             continue
         source = report["defences"].get(ROBUST_SOURCE, {})
-        cells: list[Any] = [name, "ok", _pct(source.get("clean_accuracy"))]
+        cells: list[Any] = [name, "ok", *described, _pct(source.get("clean_accuracy"))]
         robust_values = []
         for norm, eps in eps_columns:
             worst = source.get("empirical", {}).get(norm, {}).get("worst_case")
@@ -210,17 +236,27 @@ def _pct(value: Any) -> float | None:
     return None if value is None else round(100.0 * float(value), 2)
 
 
+def _one_line(text: str, limit: int = 600) -> str:
+    """A text cell on one line: a submission's error message must not add or forge table rows."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def _text(value: Any, column: str) -> str:
-    """A cell as the Markdown table prints it: percentages with one decimal, radii with three."""
+    """A cell as the Markdown table prints it: percentages with one decimal, radii with three; text on
+    one line with its pipes escaped."""
     if value is None:
         return "–"
     if isinstance(value, float):
         return f"{value:.1f}" if column.endswith("(%)") else f"{value:.3f}"
-    return str(value)
+    return _one_line(value).replace("|", "\\|")
 
 
-def _write(out: Path, reports: dict[str, dict[str, Any] | str]) -> Path:
-    header, rows, note = leaderboard_rows(reports)
+def _write(
+    out: Path, reports: dict[str, dict[str, Any] | str], details: dict[str, dict[str, str]] | None = None
+) -> Path:
+    header, rows, note = leaderboard_rows(reports, details)
+    rows = [[_one_line(c) if isinstance(c, str) else c for c in row] for row in rows]
     lines = [
         "# Leaderboard",
         "",
@@ -230,10 +266,14 @@ def _write(out: Path, reports: dict[str, dict[str, Any] | str]) -> Path:
         "|" + "---|" * len(header),
     ]
     for row in rows:
-        name = row[1]
+        name = _text(row[1], "submission")
         link = f"[{name}]({name}/report.md)" if row[2] == "ok" else name
-        cells = [row[0], link, *row[2:]]
-        lines.append("| " + " | ".join(_text(c, h) for c, h in zip(cells, header, strict=True)) + " |")
+        cells = [
+            _text(row[0], header[0]),
+            link,
+            *(_text(c, h) for c, h in zip(row[2:], header[2:], strict=True)),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     path = atomic_write_text(out / "leaderboard.md", "\n".join(lines) + "\n")
     tsv = [header, *[["" if c is None else c for c in row] for row in rows]]
     atomic_write_text(out / "leaderboard.tsv", "\n".join("\t".join(map(str, r)) for r in tsv) + "\n")
@@ -252,18 +292,38 @@ def run_leaderboard(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     dry_run: bool = False,
+    trust_submissions: bool = False,
+    protected: Sequence[str | Path] = (),
     log=None,
 ) -> dict[str, dict[str, Any] | str]:
     """Validate every submission, run the valid ones, write the leaderboard; returns name -> results
-    (or the error message of an invalid submission)."""
+    (or the error message of an invalid submission).
+
+    :param trust_submissions: where the sandbox is unavailable, run code and ``.pt2`` submissions in a
+        plain worker process (rows marked TRUSTED) instead of refusing them.
+    :param protected: further paths no submission may see (the instructor's configuration file); the
+        submissions folder, ``out`` and the model cache are always protected.
+    """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     out = Path(out)
+    root = Path(submissions_dir).expanduser()
+    guarded = [root, out, Path(cache_dir or DEFAULT_CACHE_DIR).expanduser(), *map(Path, protected)]
     reports: dict[str, dict[str, Any] | str] = {}
+    details: dict[str, dict[str, str]] = {}
     pipelines: dict[str, Pipeline] = {}
     for submission in discover_submissions(submissions_dir):
+        details[submission.name] = {"format": submission.format, "isolation": ""}
         if submission.error:
             reports[submission.name] = f"invalid: {submission.error}"
             continue
+        isolation = _isolation(submission, trust_submissions)
+        if isolation.startswith("refused"):
+            reports[submission.name] = isolation
+            log(f"submission {submission.name}: {isolation}")
+            continue
+        details[submission.name]["isolation"] = ISOLATION_LABELS[
+            "onnx" if submission.format == "onnx" else isolation
+        ]
         try:
             config, notes = _config_for(submission, preset, file_config, overrides, limit)
             pipeline = Pipeline(
@@ -274,8 +334,11 @@ def run_leaderboard(
                 log=log,
                 search_path=submission.folder,
                 notes=notes,
+                isolation=isolation,
+                protected=guarded,
             )
             pipeline.prepare()
+            pipeline.close()  # its worker starts again for the evaluation: one runs at a time
             pipelines[submission.name] = pipeline
             log(f"submission {submission.name}: valid")
         except ConfigError as error:
@@ -285,7 +348,7 @@ def run_leaderboard(
         for name in pipelines:
             reports[name] = "valid (dry run: not evaluated)"
         out.mkdir(parents=True, exist_ok=True)
-        _write(out, reports)
+        _write(out, reports, details)
         return reports
     for name, pipeline in pipelines.items():
         log(f"submission {name}: evaluating")
@@ -293,6 +356,26 @@ def run_leaderboard(
             reports[name] = run_and_report(pipeline)
         except Exception as error:  # one broken submission must not stop the others
             reports[name] = f"failed during evaluation: {type(error).__name__}: {error}"
-        _write(out, {n: reports.get(n, "pending") for n in [*reports, *pipelines]})
-    _write(out, reports)
+            log(f"submission {name}: FAILED: {reports[name]}")
+        finally:
+            pipeline.close()
+        _write(out, {n: reports.get(n, "pending") for n in [*reports, *pipelines]}, details)
+    _write(out, reports, details)
     return reports
+
+
+def _isolation(submission: Submission, trust: bool) -> str:
+    """Where a submission runs: ``sandbox`` (code or ``.pt2`` where the sandbox works), ``process`` (the
+    same, trusted, where it does not), ``none`` (ONNX: no worker), or a ``refused: ...`` row text."""
+    if submission.format == "onnx":
+        return "none"
+    support = sandbox_support()
+    if support.available:
+        return "sandbox"
+    if trust:
+        return "process"
+    kind = "its .pt2 file's loader" if submission.format == "torch_export" else "its Python code"
+    return (
+        f"refused: {kind} would run without the sandbox, which is unavailable here ({support.reason}); "
+        "install bubblewrap, or pass --trust-submissions to run it in a plain process"
+    )

@@ -8,26 +8,22 @@ Harness-trained models are small CNNs from :mod:`evaluations.zoo`, trained with 
 ``<cache_dir>/<name>-<hash>.pt`` beside a ``.json`` that records its configuration; a later run with the
 same configuration loads it instead of training. Loading always uses ``torch.load(weights_only=True)``.
 
-A user's model is imported from ``package.module:attribute`` or ``path/to/file.py:attribute``. IMPORTING
-IT RUNS ITS CODE: only point the harness at code you trust (or run it in a sandbox). Its weights file is
-loaded without running any code (``torch.load(weights_only=True)`` or safetensors); a pickled whole model
-is refused with a hint on converting it to a state_dict.
+A user's model is an ONNX file (loaded without running any code), a ``torch.export`` program (``.pt2``,
+whose loader can run code) or Python code (``package.module:attribute`` or ``path/to/file.py:attribute``)
+with a weights file. Code and ``.pt2`` files run where ``isolation.mode`` says: in this process (``none``:
+IMPORTING THE CODE RUNS IT with your permissions, for code you trust), or in a worker process behind the
+plain-array protocol, sandboxed or not (:mod:`evaluations.submissions`); instructor mode always uses a
+worker. Weights files are read without running code (``torch.load(weights_only=True)`` or safetensors);
+a pickled whole model is refused with a hint on converting it to a state_dict.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
-import io
 import json
-import pickle
-import pickletools
-import sys
 import time
-import warnings
-import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +33,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import ConfigError
+from .config.sections import user_model_configured
 from .data import Dataset
 from .reproducibility import config_hash, derive_seed
 from .storage import atomic_write_json, atomic_writer
+from .submissions.formats import OpenedModel, folder_digest, open_model
+from .submissions.loading import LoadError, import_attribute, read_state_dict
+from .submissions.remote import SubmissionFailure
+from .submissions.sandbox import Limits
 from .zoo import build_model
 
 __all__ = [
@@ -61,105 +62,6 @@ DEFAULT_CACHE_DIR = Path("~/.cache/art-smoothing/models")
 #: Part of every cache key: bump it when a training recipe changes, so stale models are not reused.
 TRAINING_VERSION = 1
 
-PICKLE_HINT = (
-    "The file holds pickled Python objects (for example a whole model saved with torch.save(model)), "
-    "which would run code when loaded. Convert it ONCE, on a machine you trust, to a plain state_dict: "
-    "model = torch.load('model.pt', weights_only=False); torch.save(model.state_dict(), 'weights.pt')"
-)
-
-
-#: The most of a refused file's pickle that is read to describe it (a hostile file may be huge, or a zip
-#: that inflates without end); a description of the beginning is enough for the advice.
-_PICKLE_READ_LIMIT = 16 << 20
-
-
-def _pickle_bytes(path: Path) -> tuple[bytes, bool]:
-    """The main pickle of a weights file (its first 16 MiB at most) and whether torch.save wrote it (its
-    zip format)."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
-            if not names:
-                return b"", True
-            with archive.open(names[0]) as member:
-                return member.read(_PICKLE_READ_LIMIT), True
-    with open(path, "rb") as stream:
-        return stream.read(_PICKLE_READ_LIMIT), False
-
-
-def pickle_contents(path: str | Path) -> tuple[str, list[str]]:
-    """What a pickled weights file holds, read WITHOUT unpickling (opcodes only, no code runs): its top
-    level (``"dict"``, ``"object <module.Class>"``, ``"other"`` or ``"unknown"``) and the Python globals
-    it names (``module.name``), as far as the opcodes can be read."""
-    texts = ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8")
-    bookkeeping = ("PROTO", "FRAME", "MARK", "MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT")
-    found: list[str] = []
-    strings: list[str] = []
-    top = "unknown"
-    try:
-        data, _ = _pickle_bytes(Path(path))
-        for opcode, argument, _ in pickletools.genops(io.BytesIO(data)):
-            if opcode.name in texts:
-                strings.append(str(argument))
-            name = None
-            if opcode.name == "GLOBAL":
-                name = str(argument).replace(" ", ".")
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                name = f"{strings[-2]}.{strings[-1]}"
-            if name and name not in found:
-                found.append(name)
-            if top == "unknown" and opcode.name not in bookkeeping:
-                if opcode.name in ("EMPTY_DICT", "DICT"):
-                    top = "dict"
-                elif name is not None:
-                    top = "dict" if name in ("collections.OrderedDict", "builtins.dict") else f"object {name}"
-                elif opcode.name not in texts:
-                    top = "other"
-    except Exception:  # unreadable, or cut at the read limit: keep what was read, guess nothing more
-        pass
-    return top, found
-
-
-def pickle_hint(path: str | Path) -> str:
-    """Advice that fits what a refused weights file holds: a whole model, a dict such as a training
-    checkpoint, or a state_dict written with ``pickle`` instead of ``torch.save``."""
-    path = Path(path)
-    top, found = pickle_contents(path)
-    _, from_torch = _pickle_bytes(path) if path.is_file() else (b"", True)
-    torch_names = ("torch._utils.", "torch.", "collections.OrderedDict", "builtins.")
-    foreign = [name for name in found if not name.startswith(torch_names)]
-    named = f" (it names {', '.join(foreign[:4])})" if foreign else ""
-    if top == "dict" and not foreign and not from_torch:
-        return (
-            "The file is a dict of tensors written with pickle, not torch.save; pickle stores tensors in a "
-            "form that only running code can read. Re-save it ONCE, on a machine you trust: "
-            f"torch.save(pickle.load(open('{path.name}', 'rb')), 'weights.pt'); and save weights with "
-            "torch.save(model.state_dict(), 'weights.pt') from then on"
-        )
-    if top == "dict":
-        advice = (
-            f"The file holds a dict with Python objects besides tensors{named}, for example a training "
-            "checkpoint with an epoch count, metrics or optimizer state; loading it would run code. Keep "
-            "only the parameters, ONCE, on a machine you trust: checkpoint = torch.load("
-            f"'{path.name}', weights_only=False); torch.save(checkpoint['state_dict'], 'weights.pt') "
-            "(with the key that holds the model's parameters)"
-        )
-    elif top.startswith("object "):
-        advice = (
-            f"The file holds a pickled Python object ({top.removeprefix('object ')}), for example a whole "
-            "model saved with torch.save(model); loading it would run code. Convert it ONCE, on a machine "
-            f"you trust, to a plain state_dict: model = torch.load('{path.name}', weights_only=False); "
-            "torch.save(model.state_dict(), 'weights.pt')"
-        )
-    else:
-        advice = PICKLE_HINT
-    if not from_torch:
-        advice += (
-            ". It was written with pickle, not torch.save: save the weights with "
-            "torch.save(model.state_dict(), 'weights.pt')"
-        )
-    return advice
-
 
 class Normalized(nn.Module):
     """``model((x - mean) / std)``: lets a model that expects normalised inputs take [0, 1] inputs, so
@@ -175,103 +77,30 @@ class Normalized(nn.Module):
         return self.model((x - self.mean) / self.std)
 
 
+def _config_error(error: LoadError) -> ConfigError:
+    return ConfigError(error.key, error.expected, error.got, error.hint, show_got=error.show_got)
+
+
 def import_object(spec: str, key: str = "model.module", search_path: Path | None = None) -> Any:
     """Import ``package.module:attribute`` or ``path/to/file.py:attribute``. RUNS THE MODULE'S CODE.
 
     :param search_path: folder put first on ``sys.path`` while importing (a submission's folder).
     """
-    target, _, attribute = spec.rpartition(":")
-    expected = "'package.module:attribute' or 'path/to/file.py:attribute' that imports"
-    added = False
-    if search_path is not None and str(search_path) not in sys.path:
-        sys.path.insert(0, str(search_path))
-        added = True
     try:
-        if target.endswith(".py"):
-            file = Path(target).expanduser()
-            if not file.is_absolute() and search_path is not None:
-                file = search_path / file
-            if not file.is_file():
-                raise ConfigError(key, expected, spec, hint=f"no file {str(file)!r}")
-            name = f"_art_smoothing_user_{hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]}"
-            module_spec = importlib.util.spec_from_file_location(name, file)
-            if module_spec is None or module_spec.loader is None:
-                raise ConfigError(key, expected, spec, hint=f"{str(file)!r} is not a Python module")
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[name] = module
-            module_spec.loader.exec_module(module)
-        else:
-            if str(Path.cwd()) not in sys.path:
-                sys.path.append(str(Path.cwd()))
-            module = importlib.import_module(target)
-    except ConfigError:
-        raise
-    except Exception as error:  # any error while running the user's module
-        raise ConfigError(
-            key, expected, spec, hint=f"importing it raised {type(error).__name__}: {error}"
-        ) from None
-    finally:
-        if added:
-            sys.path.remove(str(search_path))
-    if not hasattr(module, attribute):
-        raise ConfigError(key, expected, spec, hint=f"module {target!r} has no attribute {attribute!r}")
-    return getattr(module, attribute)
+        return import_attribute(spec, key, search_path)
+    except LoadError as error:
+        raise _config_error(error) from None
 
 
 def load_state_dict_file(path: str | Path, key: str = "model.weights") -> dict[str, torch.Tensor]:
     """Read a weights file WITHOUT running code: ``.safetensors`` through safetensors, anything else
     through ``torch.load(weights_only=True)``. Accepts a bare state_dict or one nested under
-    ``state_dict`` / ``model_state_dict`` / ``model``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(key, "a path to an existing weights file", str(path))
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise ConfigError(
-                key,
-                "a .pt/.pth state_dict (safetensors is not installed)",
-                str(path),
-                hint="pip install safetensors",
-            ) from None
-        try:
-            return dict(load_file(str(path)))
-        except Exception as error:
-            raise ConfigError(key, "a valid .safetensors file", str(path), hint=str(error)) from None
+    ``state_dict`` / ``model_state_dict`` / ``model``; a refused file gets advice read from its pickle's
+    opcodes (:func:`evaluations.submissions.loading.pickle_hint`), never by unpickling it."""
     try:
-        with warnings.catch_warnings():
-            # torch warns about the pickle protocol of files written with pickle; the refusal below says
-            # what to do about them, so the warning would only add noise to the output.
-            warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ConfigError(
-            key, "a state_dict loadable with torch.load(weights_only=True)", str(path), hint=pickle_hint(path)
-        ) from None
-    except RuntimeError as error:
-        hint = (
-            pickle_hint(path)
-            if "weights_only" in str(error).lower() or "unpickl" in str(error).lower()
-            else str(error)
-        )
-        raise ConfigError(
-            key, "a state_dict loadable with torch.load(weights_only=True)", str(path), hint=hint
-        ) from None
-    except Exception as error:  # truncated or not a torch file at all
-        raise ConfigError(
-            key, "a torch weights file (torch.save(model.state_dict(), path))", str(path), hint=str(error)
-        ) from None
-    if isinstance(payload, dict):
-        for nested in ("state_dict", "model_state_dict", "model"):
-            if isinstance(payload.get(nested), dict):
-                payload = payload[nested]
-                break
-    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise ConfigError(
-            key, "a state_dict: a mapping of parameter names to tensors", type(payload).__name__
-        )
-    return payload
+        return read_state_dict(path, key)
+    except LoadError as error:
+        raise _config_error(error) from None
 
 
 def file_digest(path: str | Path) -> str:
@@ -290,43 +119,49 @@ def user_weights_path(model_config: dict[str, Any], search_path: Path | None = N
     return weights
 
 
-def load_user_model(
-    model_config: dict[str, Any], dataset: Dataset, search_path: Path | None = None
-) -> tuple[nn.Module, str]:
-    """Import, build, load and check a user's model; returns ``(module on [0, 1] inputs, key)``.
+@dataclass
+class UserModel:
+    """A user's model, loaded and checked: ``module`` on [0, 1] inputs (normalised inside when the
+    config says so), the ``key`` of its results, and what it is and where it runs."""
+
+    module: nn.Module
+    key: str
+    format: str
+    isolation: str
+    description: str
+    opened: OpenedModel
+
+    def close(self) -> None:
+        """Stop its worker, if it has one."""
+        self.opened.close()
+
+
+def _agreement_inputs(dataset: Dataset) -> np.ndarray:
+    """Test inputs, clean and with Gaussian noise as smoothing adds it, on which an ONNX model's two
+    evaluations must agree."""
+    clean = dataset.x_test[:8].astype(np.float32)
+    noise = np.random.default_rng(0).normal(0.0, 0.5, size=clean.shape).astype(np.float32)
+    return np.concatenate([clean, clean + noise])
+
+
+def open_user_model(
+    model_config: dict[str, Any],
+    dataset: Dataset,
+    search_path: Path | None = None,
+    *,
+    isolation: str = "none",
+    limits: Limits | None = None,
+    threads: int | None = None,
+    protected: Sequence[Path] = (),
+) -> UserModel:
+    """Open, build, load and check a user's model in its format (:mod:`evaluations.submissions.formats`)
+    under ``isolation`` (``none``: in this process; ``process`` / ``sandbox``: a worker).
 
     Every failure is a :class:`ConfigError` naming ``model.module``, ``model.weights`` or
-    ``model.nb_classes``. The checks: the attribute imports and gives an ``nn.Module`` (directly, or by
-    calling it with ``model.kwargs``); the weights fit it exactly (``strict`` loading); a batch of test
+    ``model.nb_classes``. The checks: the model loads (an attribute that imports and gives an
+    ``nn.Module``, weights that fit it exactly; or an ONNX / ``torch.export`` file); a batch of test
     inputs gives finite logits of shape ``(N, nb_classes)``.
     """
-    spec = model_config["module"]
-    obj = import_object(spec, "model.module", search_path)
-    if isinstance(obj, nn.Module):
-        model = obj
-    elif callable(obj):
-        try:
-            model = obj(**model_config["kwargs"])
-        except Exception as error:
-            raise ConfigError(
-                "model.kwargs",
-                f"keyword arguments accepted by {spec}",
-                model_config["kwargs"],
-                hint=str(error),
-            ) from None
-        if not isinstance(model, nn.Module):
-            raise ConfigError("model.module", "an nn.Module, or a class/factory returning one", spec)
-    else:
-        raise ConfigError("model.module", "an nn.Module, or a class/factory returning one", spec)
-    weights = user_weights_path(model_config, search_path)
-    state = load_state_dict_file(weights)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())[:400]
-        raise ConfigError(
-            "model.weights", f"weights that fit the model built by {spec}", str(weights), hint=detail
-        ) from None
     nb_classes = model_config["nb_classes"] or dataset.nb_classes
     if nb_classes < dataset.nb_classes:
         raise ConfigError(
@@ -336,16 +171,41 @@ def load_user_model(
         )
     channels = dataset.input_shape[0]
     if model_config["mean"] is not None:
-        mean, std = model_config["mean"], model_config["std"]
-        for stat, values in (("mean", mean), ("std", std)):
+        for stat in ("mean", "std"):
+            values = model_config[stat]
             if len(values) not in (1, channels):
                 raise ConfigError(f"model.{stat}", f"one number or {channels} (one per channel)", values)
+    try:
+        opened = open_model(
+            model_config,
+            dataset.input_shape,
+            _agreement_inputs(dataset),
+            folder=search_path,
+            isolation=isolation,
+            limits=limits or Limits(),
+            threads=threads or torch.get_num_threads(),
+            outputs=nb_classes,
+            protected=protected,
+        )
+    except LoadError as error:
+        raise _config_error(error) from None
+    model = opened.module
+    if model_config["mean"] is not None:
+        mean, std = model_config["mean"], model_config["std"]
         model = Normalized(model, mean * (channels // len(mean)), std * (channels // len(std)))
     model.eval()
+    spec = model_config["module"] or model_config["weights"]
+    weights = user_weights_path(model_config, search_path)
     try:
         with torch.inference_mode():
             logits = model(torch.as_tensor(dataset.x_test[:4]))
+    except SubmissionFailure as error:
+        opened.close()
+        raise ConfigError(
+            "model.module", "a model that answers in its worker", spec, hint=str(error)
+        ) from None
     except Exception as error:
+        opened.close()
         raise ConfigError(
             "model.module",
             f"a model taking inputs of shape (N, {', '.join(map(str, dataset.input_shape))}) in [0, 1]",
@@ -353,6 +213,7 @@ def load_user_model(
             hint=f"forward raised {type(error).__name__}: {error}",
         ) from None
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (4, nb_classes):
+        opened.close()
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ConfigError(
             "model.nb_classes",
@@ -361,18 +222,31 @@ def load_user_model(
             nb_classes,
         )
     if not bool(torch.isfinite(logits).all()):
+        opened.close()
         raise ConfigError("model.weights", "weights giving finite logits on test inputs", str(weights))
-    key = config_hash(
-        {
-            "module": spec,
-            "weights_sha256": file_digest(weights),
-            "kwargs": model_config["kwargs"],
-            "mean": model_config["mean"],
-            "std": model_config["std"],
-            "nb_classes": nb_classes,
-        }
+    identity = {
+        "module": model_config["module"],
+        "weights_sha256": file_digest(weights),
+        "kwargs": model_config["kwargs"],
+        "mean": model_config["mean"],
+        "std": model_config["std"],
+        "nb_classes": nb_classes,
+    }
+    if opened.format != "python":
+        identity["format"] = opened.format
+    if opened.format != "onnx" and search_path is not None:
+        identity["folder_sha256"] = folder_digest(search_path)  # the code beside the weights counts too
+    return UserModel(
+        model, config_hash(identity), opened.format, opened.isolation, opened.description, opened
     )
-    return model, key
+
+
+def load_user_model(
+    model_config: dict[str, Any], dataset: Dataset, search_path: Path | None = None, **options: Any
+) -> tuple[nn.Module, str]:
+    """:func:`open_user_model`'s ``(module on [0, 1] inputs, key)``; ``options`` are its keywords."""
+    user = open_user_model(model_config, dataset, search_path, **options)
+    return user.module, user.key
 
 
 def batched_argmax(
@@ -508,11 +382,15 @@ RECIPES: dict[str, Callable[..., None]] = {
 class ModelStore:
     """Provides the classifiers defences are built on, training and caching them as needed.
 
-    With ``model.module`` set in the config, every request returns the user's model instead (defences
-    that would train their own are refused by config validation).
+    With a user's model in the config (``model.module``, or an ``.onnx`` / ``.pt2`` ``model.weights``),
+    every request returns the user's model instead (defences that would train their own are refused by
+    config validation). It runs where ``isolation`` says (default: the config's ``isolation.mode``).
 
+    :param isolation: ``none``, ``process`` or ``sandbox`` for a user's code or ``.pt2`` file.
+    :param protected: paths a sandboxed user's model must not see (other submissions, results, ...).
     :ivar events: one dict per model request: ``{"name", "status": "trained"|"cached"|"user", "seconds",
-        "path", "key"}``; the report lists them and tests assert on them.
+        "path", "key"}`` (a user's model adds its module, weights, digest, format and isolation); the
+        report lists them and tests assert on them.
     """
 
     def __init__(
@@ -524,6 +402,8 @@ class ModelStore:
         progress: bool = True,
         log: Callable[[str], None] = print,
         search_path: Path | None = None,
+        isolation: str | None = None,
+        protected: Sequence[Path] = (),
     ) -> None:
         self.config = config
         self.dataset = dataset
@@ -532,37 +412,58 @@ class ModelStore:
         self.progress = progress
         self.log = log
         self.search_path = search_path
+        self.isolation = isolation or config["isolation"]["mode"]
+        self.protected = list(protected)
         self.events: list[dict[str, Any]] = []
         self._memory: dict[str, tuple[nn.Module, str]] = {}
-        self._user: tuple[nn.Module, str] | None = None
+        self._user: UserModel | None = None
 
     @property
     def user_model(self) -> bool:
-        return bool(self.config["model"]["module"])
+        return user_model_configured(self.config["model"])
 
     @property
     def nb_classes(self) -> int:
         return self.config["model"]["nb_classes"] or self.dataset.nb_classes
 
     def load_user(self) -> tuple[nn.Module, str]:
-        """The user's model (imported, loaded and checked once)."""
+        """The user's model (opened, loaded and checked once; again after :meth:`release_user`)."""
         if self._user is None:
-            model, key = load_user_model(self.config["model"], self.dataset, self.search_path)
-            self._user = (model.to(self.device).eval(), key)
-            weights = user_weights_path(self.config["model"], self.search_path)
-            self.events.append(
-                {
-                    "name": "user",
-                    "status": "user",
-                    "seconds": 0.0,
-                    "path": "",
-                    "key": key,
-                    "module": self.config["model"]["module"],
-                    "weights": str(weights.resolve()),
-                    "weights_sha256": file_digest(weights),
-                }
+            user = open_user_model(
+                self.config["model"],
+                self.dataset,
+                self.search_path,
+                isolation=self.isolation,
+                limits=Limits.from_config(self.config["isolation"]),
+                threads=torch.get_num_threads(),
+                protected=self.protected,
             )
-        return self._user
+            user.module.to(self.device).eval()
+            self._user = user
+            if not any(event["status"] == "user" for event in self.events):
+                weights = user_weights_path(self.config["model"], self.search_path)
+                self.events.append(
+                    {
+                        "name": "user",
+                        "status": "user",
+                        "seconds": 0.0,
+                        "path": "",
+                        "key": user.key,
+                        "module": self.config["model"]["module"],
+                        "weights": str(weights.resolve()),
+                        "weights_sha256": file_digest(weights),
+                        "format": user.format,
+                        "isolation": user.isolation,
+                        "isolation_detail": user.description,
+                    }
+                )
+        return self._user.module, self._user.key
+
+    def release_user(self) -> None:
+        """Stop the user's model's worker (if it has one); the next request opens it again."""
+        if self._user is not None:
+            self._user.close()
+            self._user = None
 
     def training_spec(self, recipe: str, **params: Any) -> dict[str, Any]:
         """The full configuration of a harness-trained model: its cache key is the hash of this."""

@@ -19,7 +19,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,9 @@ class Pipeline:
     :param log: receives one line per notable event (stage start/end, training, resume counts).
     :param search_path: folder searched first when importing a user's model (a submission's folder).
     :param notes: sentences the report prints near its top (e.g. what instructor mode overrode).
+    :param isolation: where a user's code or ``.pt2`` file runs (default: the config's
+        ``isolation.mode``); instructor mode passes ``sandbox`` (or ``process`` when trusted).
+    :param protected: paths a sandboxed user's model must not see (other submissions, results, ...).
     """
 
     def __init__(
@@ -107,8 +110,12 @@ class Pipeline:
         log: Callable[[str], None] | None = None,
         search_path: Path | None = None,
         notes: list[str] | None = None,
+        isolation: str | None = None,
+        protected: Sequence[Path] = (),
     ) -> None:
         self.config = config
+        self.isolation = isolation
+        self.protected = list(protected)
         self.notes = list(notes or [])
         self.out_dir = Path(out_dir)
         self.cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR).expanduser()
@@ -158,7 +165,15 @@ class Pipeline:
             section = self.config["dataset"]
             self.dataset = load_dataset(section["name"], path=section["path"] or None, root=section["root"])
         self.models = ModelStore(
-            self.config, self.dataset, self.cache_dir, self.device, self.progress, self.log, self.search_path
+            self.config,
+            self.dataset,
+            self.cache_dir,
+            self.device,
+            self.progress,
+            self.log,
+            self.search_path,
+            isolation=self.isolation,
+            protected=self.protected,
         )
         if self.models.user_model:
             self.models.load_user()
@@ -412,6 +427,11 @@ class Pipeline:
         self.run_attacks()
         self.run_certificate_check()
         return self.data
+
+    def close(self) -> None:
+        """Stop the worker of a user's model, if it has one (a later stage would open it again)."""
+        if self.models is not None:
+            self.models.release_user()
 
 
 def apportion_seconds(seconds: float, samples: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from .cohen_logs import write_certify_log
 from .pipeline import Pipeline, package_versions
 from .schema import CHECK_COLUMNS, EMPIRICAL_COLUMNS, SCHEMA_VERSION
 from .storage import atomic_write_json, atomic_write_text
+from .submissions.formats import FORMATS
 
 __all__ = ["run_and_report", "summarise", "worst_case", "write_report"]
 
@@ -535,20 +536,30 @@ def _pct(value: Any) -> str:
 
 
 def _model_lines(results: dict[str, Any]) -> list[str]:
-    """Which model was evaluated, when it is the user's: module, weights file and its SHA-256."""
+    """Which model was evaluated, when it is the user's: module, weights file and its SHA-256, its format
+    and the isolation it ran under."""
     users = [m for m in results["work"]["models"] if m.get("status") == "user"]
     if not users:
         return []
     model = users[0]
     config = results["config"]["model"]
-    details = [f"module `{model.get('module', config['module'])}`"]
+    details = []
+    if model.get("module", config["module"]):
+        details.append(f"module `{model.get('module', config['module'])}`")
     if model.get("weights"):
         details.append(f"weights `{model['weights']}` (SHA-256 `{model.get('weights_sha256', '?')}`)")
     if config["kwargs"]:
         details.append(f"kwargs `{json.dumps(config['kwargs'])}`")
     if config["mean"] is not None:
         details.append(f"normalised inside with mean {config['mean']} and std {config['std']}")
-    return ["**Model evaluated** (yours): " + ", ".join(details) + ".", ""]
+    lines = ["**Model evaluated** (yours): " + ", ".join(details) + ".", ""]
+    if model.get("format"):
+        lines += [
+            f"**Format:** {FORMATS.get(model['format'], model['format'])}. "
+            f"**Isolation:** {model.get('isolation_detail', model.get('isolation', ''))}.",
+            "",
+        ]
+    return lines
 
 
 def _notes(results: dict[str, Any]) -> list[str]:
@@ -775,7 +786,10 @@ def run_and_report(pipeline: Pipeline) -> dict[str, Any]:
     """Run a whole evaluation: every stage of ``pipeline`` (reusing finished units), then the metrics and
     report stages; returns ``results.json``'s dict."""
     started = time.perf_counter()
-    pipeline.run()
+    try:
+        pipeline.run()
+    finally:
+        pipeline.close()  # a submission's worker is not needed past the certificate check
     with pipeline.stage("metrics"):
         results = summarise(pipeline)
     with pipeline.stage("report"):

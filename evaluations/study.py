@@ -207,6 +207,7 @@ def run_study(
             before = bar.n
             parts.append(work.fetch("study", f"study-{start}", key, compute))
             bar.update((stop - start) * per_point - (bar.n - before))  # a reused unit counts as done
+    store.release_user()  # a user's worker, if any, is not needed past the counts
     candidates = np.concatenate([p["candidates"] for p in parts]).astype(np.int64)
     counts = np.concatenate([p["counts"] for p in parts]).astype(np.int64)
     grid = np.asarray(config["report"]["radius_grid"], dtype=np.float64)
@@ -379,7 +380,7 @@ def study_dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -
     train_seconds = 0.0
     if store.user_model:
         model, _ = store.load_user()
-        status = f"user model {config['model']['module']}"
+        status = f"user model {config['model']['module'] or config['model']['weights']}"
     else:
         model = build_model(config["model"]["architecture"], dataset.input_shape, store.nb_classes)
         spec = store.training_spec("gaussian", sigma=section["sigma"])
@@ -388,6 +389,7 @@ def study_dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -
         if not cached:
             train_seconds = spec["epochs"] * len(dataset.x_train) * _throughput(model, dataset.input_shape)[1]
     forward, _ = _throughput(model, dataset.input_shape, batch=config["smoothing"]["batch_size"])
+    store.release_user()
     points = min(section["points"], len(dataset.x_test))
     samples = points * (section["n0"] + max(section["n_values"]))
     seconds = train_seconds + samples * forward

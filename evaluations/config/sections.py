@@ -29,7 +29,14 @@ from .checks import (
 )
 from .keys import Key, Section
 
-__all__ = ["DDPM_SCHEDULE", "DDPM_TIMESTEPS", "SECTIONS"]
+__all__ = [
+    "DDPM_SCHEDULE",
+    "DDPM_TIMESTEPS",
+    "ISOLATION_MODES",
+    "SECTIONS",
+    "WHOLE_MODEL_SUFFIXES",
+    "user_model_configured",
+]
 
 
 def _architectures() -> tuple[str, ...]:
@@ -84,9 +91,23 @@ DATASET = Section(
 
 
 # -- model -------------------------------------------------------------------------------------------------
+#: Weights files that are whole models (no ``model.module``): ONNX and torch.export programs.
+WHOLE_MODEL_SUFFIXES = (".onnx", ".pt2")
+
+
+def user_model_configured(model: dict[str, Any]) -> bool:
+    """Whether the ``[model]`` section names a user's model (code and weights, or a whole-model file)."""
+    return bool(model["module"] or model["weights"])
+
+
 def _check_model(config: dict[str, Any]) -> None:
     model = config["model"]
-    if bool(model["module"]) != bool(model["weights"]):
+    whole = Path(model["weights"]).suffix.lower() in WHOLE_MODEL_SUFFIXES
+    if whole and model["module"]:
+        raise ConfigError(
+            "model.module", "empty when model.weights is a whole model (.onnx or .pt2)", model["module"]
+        )
+    if not whole and bool(model["module"]) != bool(model["weights"]):
         key = "model.weights" if model["module"] else "model.module"
         raise ConfigError(key, "set together with the other of model.module / model.weights", "")
     if model["weights"] and not Path(model["weights"]).expanduser().is_file():
@@ -116,7 +137,12 @@ MODEL = Section(
             "nn.Module); empty for zoo models. Importing it RUNS its code",
             "",
         ),
-        "weights": Key(text, "the user's weights file (.pt/.pth state_dict, or .safetensors)", ""),
+        "weights": Key(
+            text,
+            "the user's weights file (.pt/.pth state_dict, or .safetensors), or a whole model without "
+            "model.module: .onnx (no code runs) or a torch.export .pt2 (its loader can run code)",
+            "",
+        ),
         "kwargs": Key(table, "keyword arguments passed to the user's class or factory", {}),
         "mean": Key(optional_norm_stats, "input normalisation mean the user's model expects (or null)", None),
         "std": Key(optional_norm_stats, "input normalisation std the user's model expects (or null)", None),
@@ -130,12 +156,12 @@ MODEL = Section(
 
 # -- defences ----------------------------------------------------------------------------------------------
 def _check_defences(config: dict[str, Any]) -> None:
-    if config["model"]["module"]:
+    if user_model_configured(config["model"]):
         trained = [d for d in config["defences"]["enabled"] if DEFENCE_KINDS[d].trains_classifier]
         if trained:
             raise ConfigError(
                 "defences.enabled",
-                "only defences that take a given model when model.module is set",
+                "only defences that take a given model when a user's model is set",
                 config["defences"]["enabled"],
                 hint=f"{', '.join(trained)} train their own classifier; remove them",
             )
@@ -410,6 +436,40 @@ STUDY = Section(
 )
 
 
+# -- isolation ---------------------------------------------------------------------------------------------
+#: Where a user's model code runs (evaluations.submissions.sandbox describes each).
+ISOLATION_MODES = ("none", "process", "sandbox")
+
+ISOLATION = Section(
+    "isolation",
+    {
+        "mode": Key(
+            choice(ISOLATION_MODES),
+            "where a user's model code or .pt2 file runs: 'none' in this process (code you trust), "
+            "'sandbox' a bubblewrap worker (no network, only its own files, the limits below), 'process' a "
+            "worker with the limits but no namespaces. Instructor mode always uses the sandbox (a process "
+            "with --trust-submissions where there is none); ONNX models need none",
+            "none",
+        ),
+        "memory_mb": Key(integer(256), "a worker's address-space limit, MiB", 4096),
+        "cpu_seconds": Key(
+            integer(1), "a worker's CPU-time limit over its whole evaluation, s", 3600, mnist5k=14400
+        ),
+        "processes": Key(integer(4), "processes and threads a sandboxed worker may have", 64),
+        "disk_mb": Key(
+            integer(1), "largest file a worker may write, and size of its working folder, MiB", 256
+        ),
+        "output_kb": Key(integer(1), "stdout and stderr kept from a worker; more stops it, KiB", 1024),
+        "load_timeout": Key(number(0, open_low=True), "seconds a worker may take to load its model", 120.0),
+        "call_timeout": Key(
+            number(0, open_low=True),
+            "seconds a worker may take per request (one batch, or its gradient)",
+            60.0,
+        ),
+    },
+)
+
+
 #: Every section, in the order of the resolved configuration, of ``config --keys`` and of the checks.
 SECTIONS: tuple[Section, ...] = (
     RUN,
@@ -425,4 +485,5 @@ SECTIONS: tuple[Section, ...] = (
     CERTIFICATE_CHECK,
     REPORT,
     STUDY,
+    ISOLATION,
 )

@@ -1,0 +1,411 @@
+"""The evaluator's side of a worker: start it, talk to it in plain arrays, and present it as a torch module.
+
+:class:`WorkerClient` starts a worker (:mod:`sandbox` builds its command line), waits for it to load the
+submission, and sends requests with a wall-clock deadline each. Every reply is checked before it is
+believed: the header (:func:`wire.read_message`), the dtype (float32), the exact shape the request
+implies and finiteness. Anything else stops the worker and raises :class:`SubmissionFailure` with one
+line that says what the submission did. Its stdout and stderr are drained by a thread, kept up to
+``output_kb`` and the worker stopped beyond that.
+
+:class:`RemoteModule` is an ``nn.Module`` whose forward pass runs in the worker: without gradients it
+asks for outputs only; with them it asks the worker to keep the graph, and its backward pass sends the
+output cotangent and receives the input gradient (a vector-Jacobian product), so torchattacks' and ART's
+attacks, the smoothed soft classifier and every other part of the harness differentiate through it like
+through a local model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import wire
+from .sandbox import Limits, WorkerCommand, exposed_paths, process_command, sandbox_command, sandbox_support
+
+__all__ = ["RemoteModule", "SubmissionFailure", "WorkerClient", "start_worker"]
+
+#: Most classes a worker's outputs may have before the expected count is known (the first probe).
+MAX_OUTPUTS = 100_000
+
+
+class SubmissionFailure(RuntimeError):
+    """A submission's worker failed: the message (one line) says how; ``output`` holds what the worker
+    printed (the first ``output_kb``)."""
+
+    def __init__(self, reason: str, output: str = "") -> None:
+        super().__init__(reason)
+        self.output = output
+
+
+class _OutputDrain(threading.Thread):
+    """Reads a worker's stdout/stderr, keeps the first ``cap`` bytes, and calls ``overflow`` once when
+    more arrive."""
+
+    def __init__(self, stream: Any, cap: int, overflow: Any) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.cap, self.overflow = stream, cap, overflow
+        self.kept = bytearray()
+        self.total = 0
+
+    def run(self) -> None:
+        while True:
+            chunk = self.stream.read1(1 << 16) if hasattr(self.stream, "read1") else self.stream.read(1 << 16)
+            if not chunk:
+                return
+            self.total += len(chunk)
+            room = self.cap - len(self.kept)
+            if room > 0:
+                self.kept += chunk[:room]
+            if self.total > self.cap:
+                self.overflow()
+
+
+class WorkerClient:
+    """One running worker.
+
+    :param command: what to start (:func:`sandbox.sandbox_command` or :func:`sandbox.process_command`).
+    :param output_kb: stdout/stderr kept; more stops the worker.
+    :param load_timeout: seconds to start and load the model.
+    :param call_timeout: seconds per request.
+    """
+
+    def __init__(
+        self,
+        command: WorkerCommand,
+        *,
+        output_kb: int,
+        load_timeout: float,
+        call_timeout: float,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.command = command
+        self._on_close = on_close
+        self.call_timeout = call_timeout
+        self.stop_reason: str | None = None
+        self.failure: str | None = None
+        self._handles = itertools.count(1)
+        self._lock = threading.Lock()
+        #: Requests answered, by kind name (the report gives them; the overhead scales with them).
+        self.requests = {"forward": 0, "forward_keep": 0, "vjp": 0}
+        self.process = subprocess.Popen(
+            command.argv,
+            cwd=command.cwd,
+            env=command.env or None,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._request_fd = self.process.stdin.fileno()
+        self._reply_fd = self.process.stdout.fileno()
+        os.set_blocking(self._request_fd, False)
+        self._drain = _OutputDrain(
+            self.process.stderr,
+            output_kb << 10,
+            lambda: self._stop(f"wrote more than {output_kb} KiB of output"),
+        )
+        self._drain.start()
+        try:
+            reply = self._receive(
+                frozenset({wire.Kind.READY, wire.Kind.FAILED}), 0, load_timeout, "loading the model"
+            )
+        except SubmissionFailure:
+            self.close()
+            raise
+        if reply.kind == wire.Kind.FAILED:
+            self.close()
+            self._fail(_one_line(reply.text))
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def _stop(self, reason: str) -> None:
+        """Kill the worker (its whole sandbox) once, remembering why."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self) -> None:
+        """Ask the worker to exit, and kill it if it does not at once."""
+        if self.process.poll() is None:
+            try:
+                wire.write_all(self._request_fd, wire.encode(wire.Kind.CLOSE), time.monotonic() + 1.0)
+            except wire.ProtocolError:
+                pass
+            try:
+                self.process.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                pass
+        self._stop(self.stop_reason or "closed")
+        self.process.wait()
+        self._drain.join(timeout=2.0)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+    def __enter__(self) -> WorkerClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def output(self) -> str:
+        """The worker's stdout and stderr (the first ``output_kb``)."""
+        return self._drain.kept.decode("utf-8", errors="replace")
+
+    def _exit_reason(self) -> str:
+        if self.stop_reason is not None:
+            return self.stop_reason
+        try:
+            code = self.process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
+        self._drain.join(timeout=2.0)
+        signum = -code if code < 0 else code - 128 if code > 128 else 0
+        if signum:
+            name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else signum
+            known = {
+                "SIGXCPU": "exceeded its CPU time limit",
+                "SIGXFSZ": "exceeded its file size limit",
+                "SIGKILL": "was killed (out of memory, or past its CPU time limit)",
+            }
+            return f"{known.get(str(name), 'was killed')} ({name})"
+        last = _one_line(self.output.strip().splitlines()[-1], 160) if self.output.strip() else ""
+        return f"exited with status {code}" + (f" (its last output: {last})" if last else "")
+
+    def _fail(self, reason: str) -> None:
+        self.failure = reason
+        if self.process.poll() is not None:
+            self._drain.join(timeout=2.0)
+        raise SubmissionFailure(reason, self.output)
+
+    # -- requests ----------------------------------------------------------------------------------------
+    def _receive(self, allowed: frozenset[int], max_payload: int, timeout: float, what: str) -> wire.Message:
+        try:
+            return wire.read_message(
+                self._reply_fd,
+                allowed=allowed,
+                max_payload=max_payload,
+                deadline=time.monotonic() + timeout,
+            )
+        except wire.ProtocolError as error:
+            if "timed out" in str(error) and self.stop_reason is None:
+                self._stop(f"did not finish {what} within {timeout:g} s")
+            elif "pipe closed" not in str(error):
+                self._stop(f"sent a reply that is not a valid message ({error})")
+            else:
+                self._stop_if_dead()
+            self._fail(f"{self._exit_reason()} while {what}")
+            raise  # unreachable: _fail raises
+
+    def _stop_if_dead(self) -> None:
+        try:
+            self.process.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self._stop("closed its reply pipe")
+
+    def _call(
+        self, kind: int, array: np.ndarray, tag: int, expect: tuple[int, ...] | None, what: str
+    ) -> np.ndarray | None:
+        """Send one request and return the checked array of its reply (``None`` for UNKNOWN_HANDLE)."""
+        if self.failure is not None:
+            raise SubmissionFailure(self.failure, self.output)
+        with self._lock:
+            deadline = time.monotonic() + self.call_timeout
+            try:
+                wire.write_all(self._request_fd, wire.encode(kind, array, tag), deadline)
+            except wire.ProtocolError:
+                self._stop_if_dead()
+                if self.stop_reason is None:
+                    self._stop(f"did not read its input within {self.call_timeout:g} s")
+                self._fail(f"{self._exit_reason()} while {what}")
+            if expect is not None:
+                max_payload = int(np.prod(expect)) * 4
+            else:
+                max_payload = len(array) * MAX_OUTPUTS * 4
+            allowed = frozenset({wire.Kind.ARRAY, wire.Kind.FAILED, wire.Kind.UNKNOWN_HANDLE})
+            reply = self._receive(allowed, max_payload, max(0.0, deadline - time.monotonic()), what)
+        if reply.kind == wire.Kind.FAILED:
+            self._stop("failed")
+            self._fail(f"{_one_line(reply.text)} (while {what})")
+        if reply.kind == wire.Kind.UNKNOWN_HANDLE:
+            return None
+        result = reply.array
+        assert result is not None
+        if reply.tag != tag:
+            self._stop("protocol")
+            self._fail(f"answered request {reply.tag} when asked for {tag} (while {what})")
+        if expect is not None and result.shape != expect:
+            self._stop("shape")
+            self._fail(f"returned shape {result.shape} where {expect} was due (while {what})")
+        if expect is None and (result.ndim != 2 or result.shape[0] != len(array)):
+            self._stop("shape")
+            self._fail(f"returned shape {result.shape} for {len(array)} inputs (while {what})")
+        if not np.isfinite(result).all():
+            self._stop("non-finite")
+            self._fail(f"returned non-finite values (NaN or inf) while {what}")
+        return result
+
+    def forward(self, x: np.ndarray, outputs: int | None = None) -> np.ndarray:
+        """The model's outputs on ``x`` (float32, shape ``(len(x), outputs)``)."""
+        self.requests["forward"] += 1
+        expect = None if outputs is None else (len(x), outputs)
+        result = self._call(wire.Kind.FORWARD, x, 0, expect, "computing outputs")
+        assert result is not None
+        return result
+
+    def forward_keep(self, x: np.ndarray, outputs: int | None = None) -> tuple[np.ndarray, int]:
+        """The outputs on ``x`` and a handle to their graph for one :meth:`vjp`."""
+        self.requests["forward_keep"] += 1
+        handle = next(self._handles) & 0xFFFFFFFF
+        expect = None if outputs is None else (len(x), outputs)
+        result = self._call(wire.Kind.FORWARD_KEEP, x, handle, expect, "computing outputs")
+        assert result is not None
+        return result, handle
+
+    def vjp(self, handle: int, cotangent: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The gradient of ``<outputs, cotangent>`` with respect to the inputs of ``handle``'s forward
+        pass (recomputed from ``x`` if the worker no longer keeps that graph)."""
+        self.requests["vjp"] += 1
+        result = self._call(wire.Kind.VJP, cotangent, handle, x.shape, "computing a gradient")
+        if result is None:
+            _, handle = self.forward_keep(x, cotangent.shape[1])
+            result = self._call(wire.Kind.VJP, cotangent, handle, x.shape, "computing a gradient")
+            if result is None:
+                self._stop("protocol")
+                self._fail("lost the graph of a gradient it had just computed")
+        assert result is not None
+        return result
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """A worker's text as one short line (no newlines or table separators it could inject)."""
+    line = " ".join(text.split()).replace("|", "/")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class _RemoteFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, module: RemoteModule) -> torch.Tensor:  # type: ignore[override]
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        outputs, handle = module.client.forward_keep(array, module.outputs)
+        ctx.module, ctx.handle, ctx.array, ctx.device = module, handle, array, x.device
+        return torch.from_numpy(outputs).to(x.device)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        cotangent = grad_output.detach().to("cpu", torch.float32).contiguous().numpy()
+        grad = ctx.module.client.vjp(ctx.handle, cotangent, ctx.array)
+        return torch.from_numpy(grad).to(ctx.device), None
+
+
+class RemoteModule(nn.Module):
+    """A model that runs in a worker, seen as a local ``nn.Module`` (outputs float32 on the input's
+    device; differentiable with respect to its input, not its parameters, which stay in the worker).
+
+    :param client: the running worker.
+    :param outputs: the number of outputs per input every reply must have (``None``: any, checked by
+        the caller).
+    """
+
+    def __init__(self, client: WorkerClient, outputs: int | None = None) -> None:
+        super().__init__()
+        self.client = client
+        self.outputs = outputs
+        # An empty parameter gives the module a device for code that asks ``next(model.parameters())``.
+        self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
+
+    @property
+    def isolation(self) -> str:
+        return self.client.command.description
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _RemoteFunction.apply(x, self)
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.client.forward(array, self.outputs)).to(x.device)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def start_worker(
+    folder: Path,
+    spec: dict[str, Any],
+    *,
+    isolation: str,
+    limits: Limits,
+    threads: int,
+    outputs: int | None = None,
+    protected: Sequence[Path] = (),
+) -> RemoteModule:
+    """Start a worker for the submission in ``folder`` and return its model as a :class:`RemoteModule`.
+
+    :param spec: ``{"format": "python" | "torch_export", "module", "weights", "kwargs"}``, paths relative
+        to ``folder``.
+    :param isolation: ``"sandbox"`` or ``"process"`` (see :mod:`.sandbox`).
+    :param protected: paths the submission must not be able to read (other submissions, results,
+        configuration, model cache); a sandbox that would expose one is refused.
+    :raises SubmissionFailure: the worker could not be started or did not load the model.
+    """
+    folder = Path(folder).resolve()
+    on_close = None
+    if isolation == "sandbox":
+        support = sandbox_support()
+        if not support.available:
+            raise SubmissionFailure(f"the sandbox is not available here: {support.reason}")
+        exposed = exposed_paths(folder, list(protected))
+        if exposed:
+            raise SubmissionFailure(
+                f"the sandbox would let the submission read {exposed[0]}; keep submissions, results and "
+                "configuration outside the Python installation and the system folders"
+            )
+        command = sandbox_command(folder, spec, limits, threads, support)
+    elif isolation == "process":
+        private = Path(tempfile.mkdtemp(prefix="art-smoothing-submission-"))
+        shutil.copytree(folder, private / "submission", symlinks=True)
+        command = process_command(private / "submission", spec, limits, threads)
+
+        def on_close() -> None:
+            shutil.rmtree(private, ignore_errors=True)
+
+    else:
+        raise ValueError(f"isolation must be 'sandbox' or 'process', got {isolation!r}")
+    try:
+        client = WorkerClient(
+            command,
+            output_kb=limits.output_kb,
+            load_timeout=limits.load_timeout,
+            call_timeout=limits.call_timeout,
+            on_close=on_close,
+        )
+    except OSError as error:
+        if on_close is not None:
+            on_close()
+        raise SubmissionFailure(f"the worker did not start: {error}") from None
+    return RemoteModule(client, outputs)

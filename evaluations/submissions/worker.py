@@ -1,0 +1,172 @@
+"""The worker: one submission's model in its own process, answering plain-array requests.
+
+Started by :mod:`evaluations.submissions.remote` as ``python -I -B worker.py SPEC_JSON``, inside the
+sandbox (:mod:`evaluations.submissions.sandbox`) or, for trusted submissions, in a plain child process.
+It is the only code of the harness that runs next to a submission's code, so it trusts nothing after the
+submission is imported and keeps nothing of value: it receives inputs, returns outputs and gradients.
+
+Order of work, so that the limits bind before any submitted code runs:
+
+1. keep the request pipe (stdin) and the reply pipe (stdout) on private descriptors, point stdin at
+   ``/dev/null`` and stdout at stderr (a submission's prints go to the capped log, never the reply pipe);
+2. set the resource limits (address space, CPU seconds, processes, file size, no core files);
+3. copy the submission's files into the private working directory (sandbox: a size-limited tmpfs);
+4. load the model (:mod:`loading`: import the module or the ``torch.export`` program, build it, load the
+   weights with ``weights_only=True``), then set torch's thread count;
+5. reply READY, then serve FORWARD, FORWARD_KEEP and VJP requests until CLOSE or the pipe closes.
+
+Failures become one FAILED text message (type and message of the exception, never a traceback object).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+
+def _sibling(name: str) -> Any:
+    """A module of this folder, loaded under a private name (``python -I`` does not put the script's
+    folder on ``sys.path``, and a submission may have its own ``wire.py``)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"_art_smoothing_worker_{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if __package__:
+    from . import loading, wire
+else:  # run as a script in the sandbox, beside its sibling modules
+    loading = _sibling("loading")
+    wire = _sibling("wire")
+
+#: Graphs kept for a later VJP (oldest dropped first); the evaluator resends x for a dropped one.
+KEPT_GRAPHS = 8
+
+#: The descriptors of the reply pipe, set by :func:`main` (module-level so the tests' hostile
+#: submissions can find it, as a real attacker in the same process could).
+channel_out_fd = -1
+
+
+def apply_limits(limits: dict[str, list[int]]) -> None:
+    """``setrlimit`` each ``RLIMIT_*`` name to its ``(soft, hard)`` pair: hard limits, which the
+    submission cannot raise again."""
+    for name, (soft, hard) in limits.items():
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+
+
+def copy_submission(source: Path, target: Path) -> None:
+    """Copy the submission's files (read-only in the sandbox) into the private working directory.
+    Symbolic links are copied as links: inside the sandbox they cannot point anywhere outside it."""
+    for item in source.iterdir():
+        destination = target / item.name
+        if item.is_symlink():
+            destination.symlink_to(os.readlink(item))
+        elif item.is_dir():
+            shutil.copytree(item, destination, symlinks=True)
+        else:
+            shutil.copy2(item, destination)
+
+
+def load_model(spec: dict[str, Any]) -> Any:
+    folder = Path.cwd()
+    if spec["format"] == "torch_export":
+        return loading.load_exported_program(folder / spec["weights"])
+    obj = loading.import_attribute(spec["module"], "model.module", folder)
+    model = loading.build_user_module(obj, spec["module"], spec["kwargs"])
+    return loading.load_weights_into(model, folder / spec["weights"], spec["module"])
+
+
+def _describe(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _outputs(result: Any) -> Any:
+    import torch
+
+    if not isinstance(result, torch.Tensor):
+        raise TypeError(f"the model returned {type(result).__name__}, not a tensor of logits")
+    return result
+
+
+def serve(model: Any, channel_in: int, channel_out: int) -> int:
+    import torch
+
+    kept: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+    while True:
+        try:
+            message = wire.read_message(channel_in, allowed=wire.Kind.REQUESTS, max_payload=1 << 40)
+        except wire.ProtocolError:
+            return 0  # the evaluator closed the pipe
+        if message.kind == wire.Kind.CLOSE:
+            return 0
+        try:
+            if message.kind == wire.Kind.FORWARD:
+                with torch.no_grad():
+                    out = _outputs(model(torch.from_numpy(message.array)))
+                reply = wire.encode(wire.Kind.ARRAY, out.detach().float().cpu().numpy(), message.tag)
+            elif message.kind == wire.Kind.FORWARD_KEEP:
+                x = torch.from_numpy(message.array).requires_grad_(True)
+                with torch.enable_grad():
+                    out = _outputs(model(x))
+                kept[message.tag] = (x, out)
+                while len(kept) > KEPT_GRAPHS:
+                    kept.popitem(last=False)
+                reply = wire.encode(wire.Kind.ARRAY, out.detach().float().cpu().numpy(), message.tag)
+            else:  # VJP
+                if message.tag not in kept:
+                    reply = wire.encode(wire.Kind.UNKNOWN_HANDLE, tag=message.tag)
+                else:
+                    x, out = kept.pop(message.tag)
+                    cotangent = torch.from_numpy(message.array).to(out.dtype)
+                    (grad,) = torch.autograd.grad(out, x, cotangent, allow_unused=True)
+                    grad = torch.zeros_like(x) if grad is None else grad
+                    reply = wire.encode(wire.Kind.ARRAY, grad.detach().float().cpu().numpy(), message.tag)
+        except Exception as error:  # the model failed on this request: say so, keep serving
+            reply = wire.encode(wire.Kind.FAILED, text=f"the model raised {_describe(error)}")
+        wire.write_all(channel_out, reply)
+
+
+def main(argv: list[str]) -> int:
+    global channel_out_fd
+    spec = json.loads(argv[1])
+    channel_in, channel_out = os.dup(0), os.dup(1)
+    channel_out_fd = channel_out
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    apply_limits(spec["limits"])
+    if spec.get("copy_from"):
+        copy_submission(Path(spec["copy_from"]), Path.cwd())
+    try:
+        model = load_model(spec)
+        import torch
+
+        torch.set_num_threads(int(spec["threads"]))
+        if hasattr(model, "eval"):
+            try:
+                model.eval()
+            except Exception:  # a torch.export module may refuse eval(); its mode was fixed at export
+                pass
+    except BaseException as error:  # noqa: BLE001 -- whatever the submission raised, report it
+        wire.write_all(channel_out, wire.encode(wire.Kind.FAILED, text=f"loading failed: {_describe(error)}"))
+        return 1
+    wire.write_all(channel_out, wire.encode(wire.Kind.READY))
+    return serve(model, channel_in, channel_out)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

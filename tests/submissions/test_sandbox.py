@@ -1,0 +1,275 @@
+"""The worker and its isolation: a sandboxed model answers exactly like the same model in-process
+(outputs and gradients), and a probe submission inside the sandbox sees only itself: uid 65534 without
+capabilities, no network, none of the evaluator's files, hard resource limits it cannot raise."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from evaluations.submissions import sandbox as sandbox_module
+from evaluations.submissions.remote import SubmissionFailure, start_worker
+from evaluations.submissions.sandbox import Limits
+
+from .conftest import TEST_LIMITS, honest_module, write_export_submission, write_python_submission
+
+PYTHON_SPEC = {"format": "python", "module": "model.py:Model", "weights": "weights.pt", "kwargs": {}}
+EXPORT_SPEC = {"format": "torch_export", "module": "", "weights": "model.pt2", "kwargs": {}}
+
+
+@pytest.mark.parametrize("isolation", ["sandbox", "process"])
+@pytest.mark.parametrize("kind", ["python", "torch_export"])
+def test_a_worker_answers_exactly_like_the_model_in_process(tmp_path, sandbox, isolation, kind):
+    if kind == "python":
+        folder, spec = write_python_submission(tmp_path / "bob"), PYTHON_SPEC
+    else:
+        folder, spec = write_export_submission(tmp_path / "carol"), EXPORT_SPEC
+    local = honest_module()
+    remote = start_worker(folder, spec, isolation=isolation, limits=TEST_LIMITS, threads=1, outputs=10)
+    try:
+        x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            assert torch.equal(remote(x), local(x))
+        labels = torch.arange(20) % 10
+        for _ in range(3):  # several rounds: graphs are kept and released in turn
+            mine, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            torch.nn.functional.cross_entropy(remote(mine), labels).backward()
+            torch.nn.functional.cross_entropy(local(theirs), labels).backward()
+            assert torch.equal(mine.grad, theirs.grad)
+            x = x + 0.01
+        # A graph the worker no longer keeps is recomputed from the inputs the proxy kept.
+        inputs = [x.clone().requires_grad_(True) for _ in range(12)]
+        outputs = [remote(i) for i in inputs]
+        sum(o.sum() for o in outputs).backward()
+        expected = x.clone().requires_grad_(True)
+        local(expected).sum().backward()
+        assert all(torch.equal(i.grad, expected.grad) for i in inputs)
+        assert isolation in remote.isolation
+    finally:
+        remote.close()
+
+
+PROBE = textwrap.dedent(
+    """
+    import ctypes, json, os, resource, socket, sys
+
+    def unshare_user_namespace():
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x10000000) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+    def attempt(action):
+        try:
+            action()
+            return "ok"
+        except BaseException as error:
+            return f"{type(error).__name__}: {error}"
+
+    observed = {
+        "ids": [os.getuid(), os.geteuid(), os.getgid(), os.getgroups()],
+        "capabilities": [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0],
+        "root": sorted(os.listdir("/")),
+        "cwd": os.getcwd(),
+        "cwd_files": sorted(os.listdir(".")),
+        "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "environment": sorted(os.environ),
+        "read_instructor_file": attempt(lambda: open($instructor_file).read()),
+        "list_other_submission": attempt(lambda: os.listdir($other_submission)),
+        "write_system": attempt(lambda: open("/usr/evil", "w")),
+        "write_python": attempt(lambda: open(os.path.join(sys.prefix, "evil"), "w")),
+        "write_own_originals": attempt(lambda: open("/submission-files/evil", "w")),
+        "write_private_copy": attempt(lambda: open("scratch.txt", "w").write("ok")),
+        "connect_evaluator": attempt(lambda: socket.create_connection(("127.0.0.1", $port), timeout=2)),
+        "connect_internet": attempt(lambda: socket.create_connection(("1.1.1.1", 53), timeout=2)),
+        "become_root": attempt(lambda: os.setuid(0)),
+        "new_user_namespace": attempt(unshare_user_namespace),
+        "limits": {
+            name: resource.getrlimit(getattr(resource, name))
+            for name in ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_FSIZE", "RLIMIT_CORE")
+        },
+        "raise_a_limit": attempt(
+            lambda: resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        ),
+    }
+    print("OBSERVED " + json.dumps(observed))
+    raise SystemExit("probe finished")
+    """
+)
+
+
+def _probe(tmp_path: Path, isolation: str, listener: socket.socket) -> dict:
+    other = write_python_submission(tmp_path / "alice")
+    source = (
+        PROBE.replace("$instructor_file", repr(str(Path(__file__).resolve())))
+        .replace("$other_submission", repr(str(other)))
+        .replace("$port", str(listener.getsockname()[1]))
+    )
+    folder = write_python_submission(tmp_path / "mallory", source)
+    with pytest.raises(SubmissionFailure, match="probe finished") as failure:
+        start_worker(folder, PYTHON_SPEC, isolation=isolation, limits=TEST_LIMITS, threads=1)
+    line = next(line for line in failure.value.output.splitlines() if line.startswith("OBSERVED "))
+    return json.loads(line[len("OBSERVED ") :])
+
+
+@pytest.fixture
+def listener():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.setblocking(False)
+    yield server
+    server.close()
+
+
+def _accepted(server: socket.socket) -> bool:
+    try:
+        server.accept()[0].close()
+        return True
+    except BlockingIOError:
+        return False
+
+
+def test_inside_the_sandbox_a_submission_sees_only_itself(tmp_path, sandbox, listener, monkeypatch):
+    monkeypatch.setenv("INSTRUCTOR_SECRET", "hunter2")
+    seen = _probe(tmp_path, "sandbox", listener)
+    assert seen["ids"] == [65534, 65534, 65534, []] and seen["capabilities"] == "0000000000000000"
+    assert seen["cwd"] == "/submission" and seen["cwd_files"] == ["model.py", "weights.pt"]
+    # Only the system, the Python installation, the worker's code and the submission itself.
+    assert "work" not in seen["root"] and "home" not in seen["root"] and "etc" in seen["root"]
+    assert len(seen["processes"]) <= 3  # bwrap's init, setpriv's exec'd worker: no other process visible
+    assert "INSTRUCTOR_SECRET" not in seen["environment"]
+    for key in ("read_instructor_file", "list_other_submission"):
+        assert seen[key].startswith("FileNotFoundError"), (key, seen[key])
+    for key in ("write_system", "write_python", "write_own_originals"):
+        assert seen[key].startswith("OSError: [Errno 30] Read-only file system"), (key, seen[key])
+    assert seen["write_private_copy"] == "ok"
+    assert seen["connect_evaluator"].startswith(("ConnectionRefusedError", "OSError")), seen[
+        "connect_evaluator"
+    ]
+    assert "unreachable" in seen["connect_internet"].lower() or "Errno" in seen["connect_internet"]
+    assert not _accepted(listener)
+    assert seen["become_root"].startswith("PermissionError")
+    if not sandbox.privileged:  # bwrap --disable-userns; as root see sandbox.py: it is an ordinary uid
+        assert seen["new_user_namespace"] != "ok"
+    assert seen["limits"] == {
+        "RLIMIT_AS": [2048 << 20] * 2,
+        "RLIMIT_CPU": [120, 125],
+        "RLIMIT_NPROC": [32] * 2,
+        "RLIMIT_FSIZE": [16 << 20] * 2,
+        "RLIMIT_CORE": [0, 0],
+    }
+    assert seen["raise_a_limit"].startswith("ValueError")
+
+
+def test_a_trusted_process_worker_has_the_limits_and_a_private_copy_but_no_namespaces(tmp_path, listener):
+    seen = _probe(tmp_path, "process", listener)
+    assert seen["cwd"] != str(tmp_path / "mallory") and seen["cwd"].endswith("/submission")
+    assert seen["write_private_copy"] == "ok" and not (tmp_path / "mallory" / "scratch.txt").exists()
+    assert seen["read_instructor_file"] == "ok"  # trusted: it could read the evaluator's files
+    assert (
+        seen["limits"]["RLIMIT_AS"] == [2048 << 20] * 2 and seen["limits"]["RLIMIT_FSIZE"] == [16 << 20] * 2
+    )
+    assert seen["raise_a_limit"].startswith("ValueError")
+    assert not [p for p in Path("/tmp").glob("art-smoothing-submission-*") if p.name in seen["cwd"]]
+
+
+def test_a_cpu_bound_submission_is_stopped_by_its_cpu_limit(tmp_path, sandbox):
+    folder = write_python_submission(tmp_path / "spin", "while True:\n    pass\n")
+    limits = Limits(**{**TEST_LIMITS.__dict__, "cpu_seconds": 2})
+    with pytest.raises(SubmissionFailure, match=r"exceeded its CPU time limit \(SIGXCPU\) while loading"):
+        start_worker(folder, PYTHON_SPEC, isolation="sandbox", limits=limits, threads=1)
+
+
+def test_a_malicious_torch_export_file_runs_its_code_only_inside_the_sandbox(tmp_path, sandbox):
+    """torch.export.load unpickles what the archive marks use_pickle: the loader runs code (the reason
+    .pt2 files are loaded only in the worker). Here that code tries to leave a marker on the host."""
+    import pickle
+    from unittest import mock
+
+    import torch.export.pt2_archive._package as package
+
+    marker = tmp_path / "host-marker"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    def evil_save(obj, stream, **kwargs):
+        stream.write(pickle.dumps(Evil()))
+
+    folder = tmp_path / "mallory"
+    folder.mkdir()
+    program = torch.export.export(honest_module(), (torch.rand(2, 1, 8, 8),))
+    with (
+        mock.patch.object(package, "_should_use_pickle", lambda t: True),
+        mock.patch.object(package.torch, "save", evil_save),
+    ):
+        torch.export.save(program, folder / "model.pt2")
+    with pytest.raises(SubmissionFailure, match="loading failed"):
+        start_worker(folder, EXPORT_SPEC, isolation="sandbox", limits=TEST_LIMITS, threads=1)
+    assert not marker.exists()
+
+
+def test_a_sandbox_that_would_expose_a_protected_path_is_refused(tmp_path, sandbox):
+    folder = write_python_submission(tmp_path / "bob")
+    inside_python = Path(sys.prefix) / "lib"
+    with pytest.raises(SubmissionFailure, match="would let the submission read"):
+        start_worker(
+            folder, PYTHON_SPEC, isolation="sandbox", limits=TEST_LIMITS, threads=1, protected=[inside_python]
+        )
+    results_inside_submission = folder / "results"
+    with pytest.raises(SubmissionFailure, match="would let the submission read"):
+        start_worker(
+            folder,
+            PYTHON_SPEC,
+            isolation="sandbox",
+            limits=TEST_LIMITS,
+            threads=1,
+            protected=[results_inside_submission],
+        )
+
+
+def test_without_bubblewrap_the_reason_is_given(monkeypatch):
+    sandbox_module.sandbox_support.cache_clear()
+    real_which = shutil.which
+    monkeypatch.setattr(
+        sandbox_module.shutil, "which", lambda name: None if name == "bwrap" else real_which(name)
+    )
+    try:
+        support = sandbox_module.sandbox_support()
+        assert not support.available and "bubblewrap is not installed" in support.reason
+        with pytest.raises(
+            SubmissionFailure, match="sandbox is not available here: bubblewrap is not installed"
+        ):
+            start_worker(Path("."), PYTHON_SPEC, isolation="sandbox", limits=TEST_LIMITS, threads=1)
+    finally:
+        monkeypatch.undo()
+        sandbox_module.sandbox_support.cache_clear()
+
+
+def test_wrong_replies_are_refused_with_a_reason(tmp_path, sandbox):
+    source = textwrap.dedent(
+        """
+        import torch
+        class Model(torch.nn.Module):
+            def forward(self, x):
+                return torch.zeros(len(x), 3)
+        """
+    )
+    folder = write_python_submission(tmp_path / "shape", source)
+    remote = start_worker(folder, PYTHON_SPEC, isolation="sandbox", limits=TEST_LIMITS, threads=1, outputs=10)
+    try:
+        with pytest.raises(SubmissionFailure, match=r"returned shape \(4, 3\) where \(4, 10\) was due"):
+            remote(torch.zeros(4, 1, 8, 8))
+        with pytest.raises(SubmissionFailure, match="returned shape"):  # the failure is final
+            remote(torch.zeros(4, 1, 8, 8))
+    finally:
+        remote.close()

@@ -157,6 +157,6 @@ def open_model(
         )
     except SubmissionFailure as error:
         raise LoadError(
-            "model.module", "a model that loads in its worker", hint=str(error), show_got=False
+            "model.module", f"a model that loads in its worker ({isolation})", hint=str(error), show_got=False
         ) from None
     return OpenedModel(module, fmt, isolation, module.isolation)

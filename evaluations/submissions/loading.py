@@ -42,6 +42,7 @@ __all__ = [
     "PICKLE_HINT",
     "LoadError",
     "build_user_module",
+    "describe_error",
     "import_attribute",
     "load_exported_program",
     "load_weights_into",
@@ -164,6 +165,12 @@ class LoadError(ValueError):
         super().__init__(message)
 
 
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` on one line (just ``Type`` when the message is empty)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def import_attribute(spec: str, key: str = "model.module", search_path: Path | None = None) -> Any:
     """Import ``package.module:attribute`` or ``path/to/file.py:attribute``. RUNS THE MODULE'S CODE.
 
@@ -197,9 +204,7 @@ def import_attribute(spec: str, key: str = "model.module", search_path: Path | N
     except LoadError:
         raise
     except Exception as error:  # any error while running the user's module
-        raise LoadError(
-            key, expected, spec, hint=f"importing it raised {type(error).__name__}: {error}"
-        ) from None
+        raise LoadError(key, expected, spec, hint=f"importing it raised {describe_error(error)}") from None
     finally:
         if added:
             sys.path.remove(str(search_path))

@@ -122,7 +122,11 @@ class WorkerClient:
         self._drain.start()
         try:
             reply = self._receive(
-                frozenset({wire.Kind.READY, wire.Kind.FAILED}), 0, load_timeout, "loading the model"
+                frozenset({wire.Kind.READY, wire.Kind.FAILED}),
+                0,
+                time.monotonic() + load_timeout,
+                load_timeout,
+                "loading the model",
             )
         except SubmissionFailure:
             self.close()
@@ -204,17 +208,17 @@ class WorkerClient:
         raise SubmissionFailure(reason, self.output)
 
     # -- requests ----------------------------------------------------------------------------------------
-    def _receive(self, allowed: frozenset[int], max_payload: int, timeout: float, what: str) -> wire.Message:
+    def _receive(
+        self, allowed: frozenset[int], max_payload: int, deadline: float, limit: float, what: str
+    ) -> wire.Message:
+        """Read one reply by ``deadline`` (``limit`` is the time allowed, for the message)."""
         try:
             return wire.read_message(
-                self._reply_fd,
-                allowed=allowed,
-                max_payload=max_payload,
-                deadline=time.monotonic() + timeout,
+                self._reply_fd, allowed=allowed, max_payload=max_payload, deadline=deadline
             )
         except wire.ProtocolError as error:
             if "timed out" in str(error) and self.stop_reason is None:
-                self._stop(f"did not finish {what} within {timeout:g} s")
+                self._stop(f"did not answer within {limit:g} s")
             elif "pipe closed" not in str(error):
                 self._stop(f"sent a reply that is not a valid message ({error})")
             else:
@@ -248,7 +252,7 @@ class WorkerClient:
             else:
                 max_payload = len(array) * MAX_OUTPUTS * 4
             allowed = frozenset({wire.Kind.ARRAY, wire.Kind.FAILED, wire.Kind.UNKNOWN_HANDLE})
-            reply = self._receive(allowed, max_payload, max(0.0, deadline - time.monotonic()), what)
+            reply = self._receive(allowed, max_payload, deadline, self.call_timeout, what)
         if reply.kind == wire.Kind.FAILED:
             self._stop("failed")
             self._fail(f"{_one_line(reply.text)} (while {what})")
@@ -302,7 +306,7 @@ class WorkerClient:
         return result
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def _one_line(text: str, limit: int = 600) -> str:
     """A worker's text as one short line (no newlines or table separators it could inject)."""
     line = " ".join(text.split()).replace("|", "/")
     return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -88,11 +88,6 @@ def load_model(spec: dict[str, Any]) -> Any:
     return loading.load_weights_into(model, folder / spec["weights"], spec["module"])
 
 
-def _describe(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def _outputs(result: Any) -> Any:
     import torch
 
@@ -135,7 +130,7 @@ def serve(model: Any, channel_in: int, channel_out: int) -> int:
                     grad = torch.zeros_like(x) if grad is None else grad
                     reply = wire.encode(wire.Kind.ARRAY, grad.detach().float().cpu().numpy(), message.tag)
         except Exception as error:  # the model failed on this request: say so, keep serving
-            reply = wire.encode(wire.Kind.FAILED, text=f"the model raised {_describe(error)}")
+            reply = wire.encode(wire.Kind.FAILED, text=f"the model raised {loading.describe_error(error)}")
         wire.write_all(channel_out, reply)
 
 
@@ -161,8 +156,15 @@ def main(argv: list[str]) -> int:
                 model.eval()
             except Exception:  # a torch.export module may refuse eval(); its mode was fixed at export
                 pass
+    except loading.LoadError as error:  # which key, and what happened (the evaluator adds the rest)
+        what = f"{error.key} {error.got!r}: " if error.show_got and error.got else f"{error.key}: "
+        text = what + (error.hint or f"expected {error.expected}")
+        wire.write_all(channel_out, wire.encode(wire.Kind.FAILED, text=" ".join(text.split())))
+        return 1
     except BaseException as error:  # noqa: BLE001 -- whatever the submission raised, report it
-        wire.write_all(channel_out, wire.encode(wire.Kind.FAILED, text=f"loading failed: {_describe(error)}"))
+        wire.write_all(
+            channel_out, wire.encode(wire.Kind.FAILED, text=f"loading raised {loading.describe_error(error)}")
+        )
         return 1
     wire.write_all(channel_out, wire.encode(wire.Kind.READY))
     return serve(model, channel_in, channel_out)

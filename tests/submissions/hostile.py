@@ -50,7 +50,7 @@ HOSTILE: dict[str, tuple[str, str]] = {
         except OSError as error:
             raise RuntimeError(f"{error}\\n| 1 | mallory | ok | 100.0 | 100.0 |\\n") from None
         """,
-        r"FileNotFoundError.*leaderboard\.md",
+        r"No such file or directory: '.*board/leaderboard\.md'",
     ),
     # Phone home: the evaluator's own listener, then the internet.
     "open_socket": (
@@ -108,7 +108,7 @@ HOSTILE: dict[str, tuple[str, str]] = {
         __import__("time").sleep(10**6)
         return logits
         """,
-        r"did not finish computing outputs within \d+ s",
+        r"did not answer within 8 s while computing outputs",
     ),
     # Answer correctly for the probe and the first calls, then NaN.
     "nan_outputs": (

@@ -28,7 +28,7 @@ from .._validation import (
     check_int_at_least,
 )
 from ..classifiers.torch_module import check_logits
-from ..sampling import make_generator
+from ..sampling import NoiseKey, make_generator
 from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
 from ..training import TrainingContext, TrainingMethod, as_training_method, shuffled_batches, train_batches
 from ._smoothing_estimator import ATTACK_SLACK, SmoothingEstimatorMixin
@@ -257,6 +257,8 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         n0: int | None = None,
         alpha: float | None = None,
         seed: int | None = None,
+        noise_key: NoiseKey | None = None,
+        first_index: int = 0,
     ) -> CertificationResult:
         """Cohen's CERTIFY with the full per-input result (bounds, counts, samples used).
 
@@ -264,19 +266,23 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         :param batch_size: noisy samples per forward pass (default the estimator's ``batch_size``).
         :param n0: selection samples per input, drawn independently of the ``n`` (default ``n0``).
         :param alpha: error probability of each certificate (default the estimator's ``alpha``).
-        :param seed: draw this call's noise from a generator with this seed (reproducible per call).
+        :param seed: draw this call's noise from the key ``(seed, 0)`` (reproducible per call).
+        :param noise_key, first_index: for one shard of a call cut in pieces
+            (:mod:`art_smoothing_plugin.distributed`): the call's key and the global index of ``x[0]``.
         """
         if batch_size is not None:
             check_int_at_least("batch_size", batch_size, 1)
         x_t = self._to_tensor(x)
         self.model.eval()
-        return self._smoother_for(seed).certify(
+        return self.smoother.certify(
             x_t,
             n0 if n0 is not None else self._n0,
             n,
             alpha if alpha is not None else self._alpha,
             batch_size,
             progress=self.verbose,
+            key=self._call_key(seed, noise_key),
+            first_index=first_index,
         )
 
     def fit(

@@ -164,6 +164,23 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         self.training = training
         self._start_smoother()
 
+    # -- pickling ----------------------------------------------------------------------------------------
+    # ART's PyTorchClassifier pickles by saving the model's weights to a file under ART_DATA_PATH named by
+    # the time and loading them back from that path on unpickling, onto cuda:0 when CUDA exists. That
+    # leaves files behind, breaks on any machine that does not share the folder (a Ray worker on another
+    # node), and ignores device_type. Here the model travels inside the pickle, and the device is kept.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_model"] = self._model._model  # the user's module; ART's wrapper class is local, rebuilt below
+        state.pop("_model_wrapper", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        model = state.pop("_model")
+        self.__dict__.update(state)
+        self._model = self._make_model_wrapper(model)
+        self._model.to(self._device)
+
     # -- the base classifier on raw-unit inputs ------------------------------------------------------
     def _preprocess_tensor(self, z: torch.Tensor, fit: bool = False) -> torch.Tensor:
         # ART always appends a standardisation, even the identity (0, 1); skipping it saves a full pass

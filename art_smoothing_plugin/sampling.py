@@ -77,7 +77,9 @@ def look_phase(look: int) -> int:
 
 #: Generators per (call, input): an input's noise blocks are dealt round-robin to them, so that a CPU fills
 #: one batch from several generators in parallel threads (torch draws CPU normals on one thread per
-#: generator). Fixed, not the thread count, so that a seed gives the same noise on every machine.
+#: generator). Fixed, not the thread count, so that a seed gives the same noise on every machine; the
+#: threads that fill are as many as torch's intra-op threads (up to this), so a process given one core
+#: (a Ray worker with one CPU) fills on one thread instead of oversubscribing its share.
 NOISE_LANES = 4
 #: Values per noise block (each block is one ``randn`` call on one lane): about 256 KiB of float32.
 NOISE_BLOCK_VALUES = 1 << 16
@@ -291,11 +293,13 @@ class KeyedFiller:
         jobs = [job for job in draws.values() if job[1]]
         total = sum(target.numel() for _, blocks in jobs for _, target in blocks)
         inference = torch.is_inference_mode_enabled()
-        if self.device.type != "cpu" or len(jobs) < 2 or total < _PARALLEL_FILL_MIN_NUMEL:
+        threads = min(NOISE_LANES, torch.get_num_threads())
+        if self.device.type != "cpu" or threads < 2 or len(jobs) < 2 or total < _PARALLEL_FILL_MIN_NUMEL:
             _draw_share(jobs, inference)
         else:
-            # Each (input, lane) draws its blocks in order on its own generator; threads take whole lanes.
-            shares = [jobs[k::NOISE_LANES] for k in range(NOISE_LANES)]
+            # Each (input, lane) draws its blocks in order on its own generator; threads take whole lanes
+            # (which thread draws a lane does not change its values).
+            shares = [jobs[k::threads] for k in range(threads)]
             futures = [_thread_pool().submit(_draw_share, share, inference) for share in shares if share]
             for future in futures:
                 future.result()

@@ -4,6 +4,8 @@ noise does not depend on how the work is cut: test_keyed_noise.py.)"""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from scipy import stats
@@ -148,6 +150,35 @@ def test_keyed_noise_lanes_are_standard_normal_independent_and_seeded() -> None:
         assert abs(r) < 5 / a.numel() ** 0.5
 
 
+@contextlib.contextmanager
+def torch_threads(count: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_the_number_of_fill_threads_does_not_change_the_noise() -> None:
+    """Large CPU batches are filled by as many threads as torch has (up to NOISE_LANES); which thread
+    draws a lane must not matter."""
+    from art_smoothing_plugin.sampling import _PARALLEL_FILL_MIN_NUMEL
+
+    dim = _PARALLEL_FILL_MIN_NUMEL // 256
+    seen: dict[int, list[torch.Tensor]] = {}
+    for threads in (1, 2, 4):
+
+        def record(z: torch.Tensor, threads: int = threads) -> torch.Tensor:
+            seen.setdefault(threads, []).append(z.clone())
+            return torch.zeros(z.shape[0], dtype=torch.int64)
+
+        with torch_threads(threads):
+            count_votes(record, torch.zeros(3, dim), 700, 1.0, 2, 512, NoiseKey(2, 5))
+    assert torch.equal(torch.cat(seen[1]), torch.cat(seen[2]))
+    assert torch.equal(torch.cat(seen[1]), torch.cat(seen[4]))
+
+
 def test_parallel_fill_keeps_votes_unbiased_under_inference_mode() -> None:
     """count_votes runs under torch.inference_mode, which the noise threads must enter themselves."""
     from art_smoothing_plugin.sampling import _PARALLEL_FILL_MIN_NUMEL
@@ -155,7 +186,7 @@ def test_parallel_fill_keeps_votes_unbiased_under_inference_mode() -> None:
     dim = _PARALLEL_FILL_MIN_NUMEL // 512 + 1  # large enough for the threaded fill
     x = torch.zeros(1, dim)
     # Class 1 iff the first coordinate of the noise is positive: P = 1/2 exactly.
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(4):  # the fill uses as many threads as torch
         counts = count_votes(lambda z: (z[:, 0] > 0).long(), x, 4096, 1.0, 2, 512, NoiseKey(3, 0))
     assert int(counts.sum()) == 4096
     # two-sided binomial test at 1e-4 on the fair coin

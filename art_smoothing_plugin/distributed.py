@@ -405,7 +405,10 @@ class DistributedSmoothing:
         if problem is not None:
             raise ValueError(f"the estimator cannot be sent to the Ray workers: {problem}")
         self._ray = ray
-        payload = ray.put(estimator)  # once, in the object store; each actor reads it from there
+        # Once, in the object store; each actor reads it from there. The pool keeps the reference: a
+        # restarted actor reads its constructor's arguments again.
+        self._payload = ray.put(estimator)
+        payload = self._payload
         actor = ray.remote(_Replica).options(
             num_cpus=self.cpus_per_worker,
             num_gpus=self.gpus_per_worker,
@@ -444,6 +447,7 @@ class DistributedSmoothing:
         for actor in getattr(self, "_actors", []):
             self._ray.kill(actor, no_restart=True)
         self._actors = []
+        self._payload = None
 
     def __enter__(self) -> DistributedSmoothing:
         return self

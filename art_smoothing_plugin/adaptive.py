@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from . import statistics
 from ._validation import check_int_at_least, check_probability
+from .sampling import SELECTION, NoiseKey, look_phase
 from .smoothing import ABSTAIN, CertificationResult, Smoother
 
 __all__ = [
@@ -234,7 +235,8 @@ def certify_adaptive(
     growth: float = 1.5,
     final_share: float = 0.5,
     batch_size: int | None = None,
-    generator: torch.Generator | None = None,
+    key: NoiseKey | None = None,
+    first_index: int = 0,
     progress: bool = False,
 ) -> CertificationResult:
     """Adaptive CERTIFY: the same certificates as :meth:`Smoother.certify`, from fewer samples.
@@ -257,7 +259,10 @@ def certify_adaptive(
     :param growth: factor between the sample counts of consecutive looks.
     :param final_share: the share of ``alpha`` spent at the last look (the rest split equally over the
         earlier looks).
-    :param generator: the noise generator (default the smoother's own stream).
+    :param key: the call's noise key (default the smoother's :meth:`~Smoother.next_key`); the selection
+        samples and each look's samples are its phases, so an input's draws do not depend on which other
+        inputs are still running, nor on the shard it is in.
+    :param first_index: the global index of ``x[0]`` in the call (for shards).
     :returns: a :class:`CertificationResult` whose ``p_lower``/``radii`` are sound at the stopping time,
         ``samples_used`` counts the forward passes per input (``n0`` included), ``n`` is the estimation
         cap; ``extras`` holds ``mode``, ``target_radius``, ``certified`` (radius mode: the decision),
@@ -284,15 +289,31 @@ def certify_adaptive(
         )
 
     x = smoother._prepare(x)
-    generator = generator if generator is not None else smoother.generator(x.device)
+    first_index = check_int_at_least("first_index", first_index, 0)
+    key = smoother.next_key() if key is None else key
     selection = smoother.vote_counts(
-        x, n0, batch_size, progress=progress and "adaptive: selection", generator=generator
+        x,
+        n0,
+        batch_size,
+        progress=progress and "adaptive: selection",
+        key=key,
+        phase=SELECTION,
+        first_index=first_index,
     )
     candidates = selection.argmax(dim=1)
+    look = [0]
 
     def draw(active: np.ndarray, m: int) -> np.ndarray:
         rows = torch.as_tensor(active, device=x.device)
-        votes = smoother.vote_counts(x.index_select(0, rows), m, batch_size, generator=generator)
+        votes = smoother.vote_counts(
+            x.index_select(0, rows),
+            m,
+            batch_size,
+            key=key,
+            phase=look_phase(look[0]),
+            indices=first_index + np.asarray(active, dtype=np.int64),
+        )
+        look[0] += 1
         return votes.gather(1, candidates.index_select(0, rows).unsqueeze(1)).squeeze(1).cpu().numpy()
 
     with tqdm(

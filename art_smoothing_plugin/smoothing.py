@@ -26,7 +26,15 @@ from tqdm.auto import tqdm
 
 from . import statistics
 from ._validation import check_int_at_least, check_positive_float, check_probability
-from .sampling import LabelFunction, count_votes, gaussian_copies, make_generator
+from .sampling import (
+    ESTIMATION,
+    SELECTION,
+    LabelFunction,
+    NoiseKey,
+    count_votes,
+    gaussian_copies,
+    make_generator,
+)
 
 __all__ = ["ABSTAIN", "CertificationResult", "SmoothedSoftClassifier", "Smoother", "mean_softmax"]
 
@@ -96,8 +104,10 @@ class Smoother:
     :param num_classes: number of classes of the base classifier.
     :param sigma: standard deviation of the Gaussian noise, in the units of the inputs.
     :param batch_size: noisy samples per forward pass; bounds peak memory.
-    :param seed: seeds the private noise generator; ``None`` draws fresh entropy. Successive calls keep
-        drawing fresh, independent noise from that generator.
+    :param seed: seeds the noise; ``None`` draws fresh entropy. Successive calls draw fresh, independent
+        noise: call ``k`` of this smoother draws from the :class:`~art_smoothing_plugin.sampling.NoiseKey`
+        ``(seed, k)`` (:meth:`next_key`), and within a call the noise of each input is a function of its
+        global index (``first_index`` + its row), so any split of the inputs draws the same noise.
     :param device: where noise is drawn and votes are counted; defaults to the input's device.
     """
 
@@ -117,17 +127,28 @@ class Smoother:
         self.sigma = check_positive_float("sigma", sigma)
         self.batch_size = check_int_at_least("batch_size", batch_size, 1)
         self.device = torch.device(device) if device is not None else None
-        self._seed = seed
-        self._generators: dict[str, torch.Generator] = {}
+        self.reseed(seed)
 
     # -- noise -----------------------------------------------------------------------------------
     def reseed(self, seed: int | None) -> None:
-        """Restart the noise stream: the same seed then reproduces the same results."""
-        self._seed = seed
-        self._generators.clear()
+        """Restart the noise: the same seed then reproduces the same results (``None``: fresh entropy)."""
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}")
+        self._seed = None if seed is None else int(seed)
+        self._root = NoiseKey.fresh().seed if seed is None else int(seed)
+        self._calls = 0
+        self._generators: dict[str, torch.Generator] = {}
+
+    def next_key(self) -> NoiseKey:
+        """The key of the next call's noise; advances, so that every call draws fresh noise. A sharded
+        call takes one key on the driver and passes it to every shard (``key=``)."""
+        key = NoiseKey(self._root, self._calls)
+        self._calls += 1
+        return key
 
     def generator(self, device: torch.device) -> torch.Generator:
-        """The noise stream on ``device`` (one per device, created from the seed on first use)."""
+        """The noise stream on ``device`` (one per device, created from the seed on first use) for what is
+        not certification: the smoothed soft classifier's gradients and training."""
         key = str(device)
         if key not in self._generators:
             self._generators[key] = make_generator(self._seed, device)
@@ -148,16 +169,29 @@ class Smoother:
         num_samples: int,
         batch_size: int | None = None,
         progress: bool | str = False,
-        generator: torch.Generator | None = None,
+        *,
+        key: NoiseKey | None = None,
+        phase: int = ESTIMATION,
+        first_index: int = 0,
+        indices: np.ndarray | None = None,
     ) -> torch.Tensor:
         """``(len(x), num_classes)`` int64 counts of base-classifier labels over ``num_samples`` noise
-        draws per input. ``progress`` shows a tqdm bar (a string is used as its description)."""
+        draws per input. ``progress`` shows a tqdm bar (a string is used as its description).
+
+        :param key: the call's noise key (default :meth:`next_key`); ``phase`` separates the draws of one
+            call (:data:`~art_smoothing_plugin.sampling.SELECTION`, ``ESTIMATION``, adaptive looks).
+        :param first_index: the global index of ``x[0]``: row ``r`` is input ``first_index + r`` of the
+            call (or ``indices[r]`` when ``indices`` is given).
+        """
         num_samples = check_int_at_least("num_samples", num_samples, 1)
         batch_size = check_int_at_least(
             "batch_size", self.batch_size if batch_size is None else batch_size, 1
         )
         x = self._prepare(x)
-        generator = generator or self.generator(x.device)
+        key = self.next_key() if key is None else key
+        if indices is None:
+            first_index = check_int_at_least("first_index", first_index, 0)
+            indices = np.arange(first_index, first_index + x.shape[0], dtype=np.int64)
         total = x.shape[0] * num_samples
         with (
             tqdm(
@@ -177,7 +211,9 @@ class Smoother:
                 self.sigma,
                 self.num_classes,
                 batch_size,
-                generator=generator,
+                key,
+                phase,
+                indices,
                 on_batch=bar.update,
             )
 
@@ -189,16 +225,23 @@ class Smoother:
         alpha: float,
         batch_size: int | None = None,
         progress: bool = False,
+        *,
+        key: NoiseKey | None = None,
+        first_index: int = 0,
     ) -> np.ndarray:
         """PREDICT: the smoothed classifier's label for each input, or :data:`ABSTAIN`.
 
         Draws ``n`` noisy samples per input, takes the two most frequent classes and abstains unless a
         two-sided binomial test rejects that they are equally likely at level ``alpha``. With
-        probability at least ``1 - alpha``, a returned label equals ``g(x)``.
+        probability at least ``1 - alpha``, a returned label equals ``g(x)``. ``key`` and ``first_index``
+        as in :meth:`vote_counts`.
         """
         n = check_int_at_least("n", n, 1)
         alpha = check_probability("alpha", alpha)
-        counts = self.vote_counts(x, n, batch_size, progress=progress and "PREDICT").cpu().numpy()
+        counts = self.vote_counts(
+            x, n, batch_size, progress=progress and "PREDICT", key=key, first_index=first_index
+        )
+        counts = counts.cpu().numpy()
         return predict_from_counts(counts, alpha)
 
     def certify(
@@ -209,6 +252,9 @@ class Smoother:
         alpha: float,
         batch_size: int | None = None,
         progress: bool = False,
+        *,
+        key: NoiseKey | None = None,
+        first_index: int = 0,
     ) -> CertificationResult:
         """CERTIFY: a class and an L2 radius for each input, or :data:`ABSTAIN` with radius 0.
 
@@ -217,14 +263,23 @@ class Smoother:
         on ``P(f(x + delta) = c_A)``. If ``p_lower > 1/2`` the result is ``(c_A, sigma *
         Phi^-1(p_lower))``: with probability at least ``1 - alpha`` over the noise, ``g`` predicts
         ``c_A`` at every point within that L2 distance of ``x``. Otherwise it abstains.
+
+        ``key`` and ``first_index`` as in :meth:`vote_counts`: with the same key, the result for the
+        input at global index ``i`` does not depend on which other inputs the call holds.
         """
         n0 = check_int_at_least("n0", n0, 1)
         n = check_int_at_least("n", n, 1)
         alpha = check_probability("alpha", alpha)
-        # Two separate draws from the generator: the estimation counts are independent of the choice.
-        selection = self.vote_counts(x, n0, batch_size, progress=progress and "CERTIFY: selection")
+        key = self.next_key() if key is None else key
+        # Two phases of the call's noise: the estimation counts are independent of the choice.
+        common = {"key": key, "first_index": first_index}
+        selection = self.vote_counts(
+            x, n0, batch_size, progress=progress and "CERTIFY: selection", phase=SELECTION, **common
+        )
         candidates = selection.argmax(dim=1)
-        estimation = self.vote_counts(x, n, batch_size, progress=progress and "CERTIFY: estimation")
+        estimation = self.vote_counts(
+            x, n, batch_size, progress=progress and "CERTIFY: estimation", phase=ESTIMATION, **common
+        )
         counts_top = estimation.gather(1, candidates.unsqueeze(1)).squeeze(1).cpu().numpy()
         return certificate_from_counts(candidates.cpu().numpy(), counts_top, n0, n, alpha, self.sigma)
 

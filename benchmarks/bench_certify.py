@@ -198,7 +198,7 @@ def throughput(
     from tqdm.auto import tqdm
 
     from art_smoothing_plugin import RandomizedSmoothingClassifier
-    from art_smoothing_plugin.sampling import _GaussianFiller
+    from art_smoothing_plugin.sampling import ESTIMATION, KeyedFiller, NoiseKey
 
     torch.set_num_threads(threads)
     shape = (3, 32, 32)
@@ -242,7 +242,7 @@ def throughput(
 
     noise_buffer = torch.empty_like(ready_batch)
     generator = torch.Generator().manual_seed(0)
-    sampler_fill = _GaussianFiller(generator, torch.device("cpu"), noise_buffer.numel())
+    calls = [0]
 
     def noise_only() -> int:
         # What any sampler adds to a forward pass: draw the noise (torch's CPU generator, one stream),
@@ -254,10 +254,16 @@ def throughput(
         return forward_batches * batch_size
 
     def sampler_noise_only() -> int:
-        # The same with the sampler's own fill (parallel seeded streams), fused x + sigma * z.
+        # The same with the sampler's own fill (the keyed lanes, in threads), fused x + sigma * z: one
+        # input's forward_batches * batch_size samples, a batch at a time, as count_votes draws them.
+        calls[0] += 1
+        total = forward_batches * batch_size
+        fill = KeyedFiller(
+            NoiseKey(0, calls[0]), ESTIMATION, total, shape, torch.device("cpu"), torch.float32
+        )
         with torch.inference_mode():
-            for _ in range(forward_batches):
-                sampler_fill(noise_buffer)
+            for start in range(0, total, batch_size):
+                fill.fill(noise_buffer, [(0, start, batch_size)])
                 torch.add(x_one_t[0], noise_buffer, alpha=0.25, out=noise_buffer)
         return forward_batches * batch_size
 

@@ -86,13 +86,26 @@ def labels_from_output(
 
 
 class QueryCounter:
-    """Counts the inputs sent to a query-only model and enforces an optional budget on them."""
+    """Counts the inputs sent to a query-only model and enforces an optional budget on them.
+
+    A replica of a counter in another process (:mod:`art_smoothing_plugin.distributed`) charges a shared
+    ledger instead of its own budget (:meth:`charge_to`), so that one budget covers every replica.
+    """
 
     def __init__(self, query_budget: int | None = None) -> None:
         self.query_budget = (
             None if query_budget is None else check_int_at_least("query_budget", query_budget, 0)
         )
         self.query_count = 0
+        self._ledger: Callable[[int], None] | None = None
+
+    def charge_to(self, ledger: Callable[[int], None] | None) -> None:
+        """Charge every query to ``ledger`` from now on (``None``: back to this counter's own budget).
+
+        ``ledger(count)`` is called before ``count`` inputs are sent and raises
+        :class:`QueryBudgetExceeded` to refuse them; this counter's own budget is then not consulted
+        (the ledger holds what remains of it), its count still grows."""
+        self._ledger = ledger
 
     @property
     def queries_remaining(self) -> int | None:
@@ -102,6 +115,10 @@ class QueryCounter:
     def _charge(self, count: int) -> None:
         """Count ``count`` inputs about to be sent; raise :class:`QueryBudgetExceeded` first if they do not
         fit in the budget."""
+        if getattr(self, "_ledger", None) is not None:
+            self._ledger(count)
+            self.query_count += count
+            return
         if self.query_budget is not None and self.query_count + count > self.query_budget:
             raise QueryBudgetExceeded(
                 f"query budget exhausted: {self.query_count} of {self.query_budget} queries used, "

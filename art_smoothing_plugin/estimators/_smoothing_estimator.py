@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from .._validation import check_batch, check_int_at_least, check_positive_float, check_probability
+from ..classifiers.callable import QueryCounter
+from ..sampling import NoiseKey
 from ..smoothing import ABSTAIN, CertificationResult, SmoothedSoftClassifier, Smoother, predict_from_counts
 
 __all__ = ["ATTACK_SLACK", "NO_ACTIVATIONS", "SmoothingEstimatorMixin"]
@@ -96,6 +98,10 @@ class SmoothingEstimatorMixin:
     def _queried_batch_size(self) -> int:
         """The batch size ``"auto"`` means for a base classifier that can only be queried."""
         return self._batch_size
+
+    def _query_counters(self) -> list[QueryCounter]:
+        """The counters (and budgets) of the classifier queries this estimator makes, in a fixed order."""
+        return []
 
     # -- parameters ------------------------------------------------------------------------------------
     @property
@@ -215,11 +221,23 @@ class SmoothingEstimatorMixin:
             )
         return torch.as_tensor(y_np.astype(np.int64), device=self._device)
 
-    def _smoother_for(self, seed: int | None) -> Smoother:
-        """The estimator's own noise stream, or a fresh one seeded with ``seed`` for this call only."""
-        if seed is None:
-            return self.smoother
-        return Smoother(self._base_labels, self.nb_classes, self._scale, self._batch_size, seed, self._device)
+    def _call_key(self, seed: int | None, noise_key: NoiseKey | None = None) -> NoiseKey:
+        """The noise key of one call: ``noise_key`` as given (a shard of a distributed call), else the
+        first key of ``seed`` (a reproducible call), else the next key of the estimator's own noise."""
+        if noise_key is not None:
+            if seed is not None:
+                raise ValueError("give seed or noise_key, not both: noise_key already fixes the call's noise")
+            if not isinstance(noise_key, NoiseKey):
+                raise ValueError(
+                    "noise_key must be an art_smoothing_plugin.sampling.NoiseKey, got "
+                    f"{type(noise_key).__name__}"
+                )
+            return noise_key
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise ValueError(f"seed must be an integer or None, got {seed!r}")
+            return NoiseKey(int(seed), 0)
+        return self.smoother.next_key()
 
     def _predict_rows(
         self, x_t: torch.Tensor, batch_size: int, seed: int | None, is_abstain: bool | None
@@ -234,8 +252,12 @@ class SmoothingEstimatorMixin:
         """
         if is_abstain is not None and not isinstance(is_abstain, (bool, np.bool_)):
             raise ValueError(f"is_abstain must be True, False or None (frequencies), got {is_abstain!r}")
-        counts = self._smoother_for(seed).vote_counts(
-            x_t, self._sample_size, batch_size * self._sample_size, progress=self.verbose and "predict"
+        counts = self.smoother.vote_counts(
+            x_t,
+            self._sample_size,
+            batch_size * self._sample_size,
+            progress=self.verbose and "predict",
+            key=self._call_key(seed),
         )
         counts_np = counts.cpu().numpy()
         if is_abstain is None:
@@ -254,17 +276,29 @@ class SmoothingEstimatorMixin:
         alpha: float | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
+        *,
+        noise_key: NoiseKey | None = None,
+        first_index: int = 0,
     ) -> np.ndarray:
         """Cohen's PREDICT: the smoothed label of each input, or ``-1`` where it abstains. A returned
         label is wrong (not the smoothed classifier's top class) with probability at most ``alpha``.
 
         :param n: noise draws per input (default ``sample_size``).
         :param alpha: level of the binomial test (default the estimator's ``alpha``).
+        :param seed: draw this call's noise from the key ``(seed, 0)`` (reproducible per call).
+        :param noise_key, first_index: for one shard of a call cut in pieces
+            (:mod:`art_smoothing_plugin.distributed`): the call's key and the global index of ``x[0]``.
         """
         n = check_int_at_least("n", n if n is not None else self._sample_size, 1)
         x_t = self._prepare_call(x, n)
-        return self._smoother_for(seed).predict(
-            x_t, n, alpha if alpha is not None else self._alpha, batch_size, progress=self.verbose
+        return self.smoother.predict(
+            x_t,
+            n,
+            alpha if alpha is not None else self._alpha,
+            batch_size,
+            progress=self.verbose,
+            key=self._call_key(seed, noise_key),
+            first_index=first_index,
         )
 
     def certify(
@@ -488,6 +522,8 @@ class SmoothingEstimatorMixin:
         first_look: int = 64,
         growth: float = 1.5,
         final_share: float = 0.5,
+        noise_key: NoiseKey | None = None,
+        first_index: int = 0,
     ) -> CertificationResult:
         """CERTIFY that stops sampling each input as soon as its answer is settled; the certificates have
         the same guarantee as ``certify_detailed`` (each wrong with probability at most ``alpha``).
@@ -504,11 +540,14 @@ class SmoothingEstimatorMixin:
             samples.
         :param precision: ``"bf16"``/``"fp16"`` run the base model under autocast (noise stays fp32).
         :param channels_last: convert the torch modules and the noisy batches to channels-last format.
+        :param seed: draw this call's noise from the key ``(seed, 0)`` (reproducible per call).
+        :param noise_key, first_index: for one shard of a call cut in pieces
+            (:mod:`art_smoothing_plugin.distributed`): the call's key and the global index of ``x[0]``.
         :returns: a :class:`CertificationResult` with ``samples_used`` per input; see
             :func:`art_smoothing_plugin.adaptive.certify_adaptive` for the schedule arguments.
         """
         from ..adaptive import certify_adaptive
-        from ..performance import accelerated_labels, autotune_batch_size
+        from ..performance import accelerated_labels
 
         max_samples = check_int_at_least("max_samples", max_samples, 1)
         x_t = self._prepare_call(x, max_samples)
@@ -516,18 +555,8 @@ class SmoothingEstimatorMixin:
             for module in self._accelerated_modules():
                 module.to(memory_format=torch.channels_last)
         labels = accelerated_labels(self._base_labels, precision=precision, channels_last=channels_last)
-        if batch_size == "auto":
-            local = self._local_labels()
-            if local is None:  # only queried: probing would spend queries outside the certification
-                batch_size = self._queried_batch_size()
-            elif len(x_t):
-                probe = accelerated_labels(local, precision=precision, channels_last=channels_last)
-                batch_size = autotune_batch_size(probe, x_t[:1], sigma=self._scale)
-            else:
-                batch_size = None
-        elif batch_size is not None:
-            batch_size = check_int_at_least("batch_size", batch_size, 1)
-        generator = self._smoother_for(seed).generator(self._device)
+        batch_size = self._adaptive_batch_size(batch_size, x_t, precision, channels_last)
+        key = self._call_key(seed, noise_key)
         smoother = Smoother(labels, self.nb_classes, self._scale, self._batch_size, device=self._device)
         return certify_adaptive(
             smoother,
@@ -542,9 +571,26 @@ class SmoothingEstimatorMixin:
             growth=growth,
             final_share=final_share,
             batch_size=batch_size,
-            generator=generator,
+            key=key,
+            first_index=first_index,
             progress=self.verbose,
         )
+
+    def _adaptive_batch_size(
+        self, batch_size: int | str | None, x_t: torch.Tensor, precision: str | None, channels_last: bool
+    ) -> int | None:
+        """``batch_size`` of ``certify_adaptive`` checked, with ``"auto"`` resolved for this machine."""
+        from ..performance import accelerated_labels, autotune_batch_size
+
+        if batch_size != "auto":
+            return None if batch_size is None else check_int_at_least("batch_size", batch_size, 1)
+        local = self._local_labels()
+        if local is None:  # only queried: probing would spend queries outside the certification
+            return self._queried_batch_size()
+        if not len(x_t):
+            return None
+        probe = accelerated_labels(local, precision=precision, channels_last=channels_last)
+        return autotune_batch_size(probe, x_t[:1], sigma=self._scale)
 
 
 class _Relayout(torch.nn.Module):

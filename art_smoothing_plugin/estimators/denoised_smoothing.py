@@ -42,6 +42,7 @@ from ..classifiers.art_classifier import (
 from ..classifiers.callable import QueryBudgetExceeded, QueryCounter, QueryOnlyClassifier
 from ..classifiers.http import HTTPClassifier
 from ..classifiers.torch_module import check_logits
+from ..sampling import NoiseKey
 from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
 from ._smoothing_estimator import ATTACK_SLACK, SmoothingEstimatorMixin
 
@@ -400,6 +401,12 @@ class DenoisedSmoothingClassifier(
         composite = self._composite
         return lambda z: composite(z).argmax(dim=1)
 
+    def _query_counters(self) -> list[QueryCounter]:
+        counters = [self._queries]
+        if isinstance(self._query_fn, QueryCounter):
+            counters.append(self._query_fn)
+        return counters
+
     def _queried_batch_size(self) -> int:
         # The classifier's own batch size (an HTTP request's, a callable's chunk), else the estimator's.
         own = getattr(self._query_fn, "batch_size", None)
@@ -443,6 +450,8 @@ class DenoisedSmoothingClassifier(
         n0: int | None = None,
         alpha: float | None = None,
         seed: int | None = None,
+        noise_key: NoiseKey | None = None,
+        first_index: int = 0,
     ) -> CertificationResult:
         """Cohen's CERTIFY with the full per-input result. ``extras`` holds ``queries`` (classifier queries
         this call made), ``classifier`` (its kind), ``denoiser`` (its class name or ``None``) and, for an
@@ -452,7 +461,9 @@ class DenoisedSmoothingClassifier(
         :param batch_size: noisy samples per forward pass (default the estimator's ``batch_size``).
         :param n0: selection samples per input, drawn independently of the ``n`` (default ``n0``).
         :param alpha: error probability of each certificate (default the estimator's ``alpha``).
-        :param seed: draw this call's noise from a generator with this seed (reproducible per call).
+        :param seed: draw this call's noise from the key ``(seed, 0)`` (reproducible per call).
+        :param noise_key, first_index: for one shard of a call cut in pieces
+            (:mod:`art_smoothing_plugin.distributed`): the call's key and the global index of ``x[0]``.
         """
         n = check_int_at_least("n", n, 1)
         n0 = check_int_at_least("n0", n0 if n0 is not None else self._n0, 1)
@@ -460,8 +471,15 @@ class DenoisedSmoothingClassifier(
             check_int_at_least("batch_size", batch_size, 1)
         x_t = self._prepare_call(x, n0 + n)
         before = self.query_count
-        result = self._smoother_for(seed).certify(
-            x_t, n0, n, alpha if alpha is not None else self._alpha, batch_size, progress=self.verbose
+        result = self.smoother.certify(
+            x_t,
+            n0,
+            n,
+            alpha if alpha is not None else self._alpha,
+            batch_size,
+            progress=self.verbose,
+            key=self._call_key(seed, noise_key),
+            first_index=first_index,
         )
         extras = {
             "queries": self.query_count - before,

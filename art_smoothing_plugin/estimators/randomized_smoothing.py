@@ -28,7 +28,7 @@ from .._validation import (
     check_int_at_least,
 )
 from ..classifiers.torch_module import check_logits
-from ..sampling import make_generator
+from ..sampling import NoiseKey, make_generator
 from ..smoothing import CertificationResult, SmoothedSoftClassifier, Smoother
 from ..training import TrainingContext, TrainingMethod, as_training_method, shuffled_batches, train_batches
 from ._smoothing_estimator import ATTACK_SLACK, SmoothingEstimatorMixin
@@ -164,6 +164,23 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         self.training = training
         self._start_smoother()
 
+    # -- pickling ----------------------------------------------------------------------------------------
+    # ART's PyTorchClassifier pickles by saving the model's weights to a file under ART_DATA_PATH named by
+    # the time and loading them back from that path on unpickling, onto cuda:0 when CUDA exists. That
+    # leaves files behind, breaks on any machine that does not share the folder (a Ray worker on another
+    # node), and ignores device_type. Here the model travels inside the pickle, and the device is kept.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_model"] = self._model._model  # the user's module; ART's wrapper class is local, rebuilt below
+        state.pop("_model_wrapper", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        model = state.pop("_model")
+        self.__dict__.update(state)
+        self._model = self._make_model_wrapper(model)
+        self._model.to(self._device)
+
     # -- the base classifier on raw-unit inputs ------------------------------------------------------
     def _preprocess_tensor(self, z: torch.Tensor, fit: bool = False) -> torch.Tensor:
         # ART always appends a standardisation, even the identity (0, 1); skipping it saves a full pass
@@ -257,6 +274,8 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         n0: int | None = None,
         alpha: float | None = None,
         seed: int | None = None,
+        noise_key: NoiseKey | None = None,
+        first_index: int = 0,
     ) -> CertificationResult:
         """Cohen's CERTIFY with the full per-input result (bounds, counts, samples used).
 
@@ -264,19 +283,23 @@ class RandomizedSmoothingClassifier(SmoothingEstimatorMixin, PyTorchClassifier):
         :param batch_size: noisy samples per forward pass (default the estimator's ``batch_size``).
         :param n0: selection samples per input, drawn independently of the ``n`` (default ``n0``).
         :param alpha: error probability of each certificate (default the estimator's ``alpha``).
-        :param seed: draw this call's noise from a generator with this seed (reproducible per call).
+        :param seed: draw this call's noise from the key ``(seed, 0)`` (reproducible per call).
+        :param noise_key, first_index: for one shard of a call cut in pieces
+            (:mod:`art_smoothing_plugin.distributed`): the call's key and the global index of ``x[0]``.
         """
         if batch_size is not None:
             check_int_at_least("batch_size", batch_size, 1)
         x_t = self._to_tensor(x)
         self.model.eval()
-        return self._smoother_for(seed).certify(
+        return self.smoother.certify(
             x_t,
             n0 if n0 is not None else self._n0,
             n,
             alpha if alpha is not None else self._alpha,
             batch_size,
             progress=self.verbose,
+            key=self._call_key(seed, noise_key),
+            first_index=first_index,
         )
 
     def fit(

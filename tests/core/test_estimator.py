@@ -341,3 +341,27 @@ def test_estimator_abstains_at_the_boundary_and_seeds_reproduce() -> None:
     # P(answer) <= alpha, while predict's frequencies at pA = 1/2 must be near 1/2 (binomial 99.99% band).
     low, high = stats.binom.ppf([5e-5, 1 - 5e-5], estimator.sample_size, 0.5) / estimator.sample_size
     assert np.mean((frequencies[:, 1] >= low) & (frequencies[:, 1] <= high)) > 0.99
+
+
+def test_pickling_keeps_the_model_in_memory_and_the_results(
+    trained_estimator, test_subset, monkeypatch, tmp_path
+):
+    """ART's PyTorchClassifier pickles by writing the weights under ART_DATA_PATH and reading that path
+    back (a file other machines do not have); ours travels whole inside the pickle, device included, and
+    certifies exactly as the original with the same seed (how an estimator reaches Ray workers)."""
+    import pickle
+
+    from art import config
+
+    monkeypatch.setattr(config, "ART_DATA_PATH", str(tmp_path))
+    x, _ = test_subset
+    copy_ = pickle.loads(pickle.dumps(trained_estimator))
+    assert list(tmp_path.iterdir()) == []  # nothing written
+    assert copy_.model is not trained_estimator.model and copy_.device == trained_estimator.device
+    for name, value in trained_estimator.model.state_dict().items():
+        assert torch.equal(copy_.model.state_dict()[name], value)
+    expected = trained_estimator.certify_detailed(x[:20], n=200, seed=3)
+    again = copy_.certify_detailed(x[:20], n=200, seed=3)
+    np.testing.assert_array_equal(again.counts_top, expected.counts_top)
+    np.testing.assert_array_equal(again.radii, expected.radii)
+    assert copy.deepcopy(trained_estimator).predict(x[:5]).shape == (5, 10)

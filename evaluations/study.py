@@ -60,17 +60,19 @@ def prefix_counts(
     on_batch=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(candidates, counts)``: per input, the class chosen by ``n0`` selection samples, and its votes
-    among the first n samples of one estimation stream (drawn after the selection samples from the same
-    generator, so independent of them) at every n of ``n_values``: ``counts[i, j]`` for ``n_values[j]``.
+    among the first n samples of one estimation stream at every n of ``n_values``: ``counts[i, j]`` for
+    ``n_values[j]``. The stream is cut into segments (the samples between consecutive n), each drawn in its
+    own keyed phase (:func:`~art_smoothing_plugin.sampling.look_phase`), so every sample is independent of
+    the selection samples and of every other sample, and the counts at each n are a prefix of one stream.
 
-    Input ``i`` draws all its noise from its own generator, seeded with ``seeds[i]``, so its counts do not
+    Input ``i`` draws all its noise under its own key, ``NoiseKey(seeds[i], 0)``, so its counts do not
     depend on which other inputs share its unit of work (results do not depend on how the work is cut).
     Noise and votes come from the package's one sampler (:func:`art_smoothing_plugin.sampling.count_votes`).
     """
     import torch
 
     from art_smoothing_plugin.classifiers.torch_module import label_function
-    from art_smoothing_plugin.sampling import count_votes, make_generator
+    from art_smoothing_plugin.sampling import SELECTION, NoiseKey, count_votes, look_phase
 
     if len(seeds) != len(x):
         raise ValueError(f"seeds must hold one seed per input: {len(seeds)} seeds for {len(x)} inputs")
@@ -80,13 +82,23 @@ def prefix_counts(
     with torch.inference_mode():
         for point, seed in zip(inputs, seeds, strict=True):
             one = point.unsqueeze(0)
-            generator = make_generator(seed, device)
-            selection = count_votes(classify, one, n0, sigma, num_classes, batch_size, generator, on_batch)
+            key = NoiseKey(int(seed), 0)
+            selection = count_votes(
+                classify, one, n0, sigma, num_classes, batch_size, key, SELECTION, on_batch=on_batch
+            )
             candidate = int(selection.argmax(dim=1))
             total, drawn, row = 0, 0, []
-            for n in n_values:
+            for segment, n in enumerate(n_values):
                 votes = count_votes(
-                    classify, one, n - drawn, sigma, num_classes, batch_size, generator, on_batch
+                    classify,
+                    one,
+                    n - drawn,
+                    sigma,
+                    num_classes,
+                    batch_size,
+                    key,
+                    look_phase(segment),
+                    on_batch=on_batch,
                 )
                 total += int(votes[0, candidate])
                 drawn = n

@@ -156,7 +156,11 @@ def open_model(
             protected=protected,
         )
     except SubmissionFailure as error:
+        reason = str(error)
+        # The worker names the key it failed on first (``model.weights '...': ...``): a bad weights file is
+        # reported against model.weights, as in-process loading reports it.
+        key = "model.weights" if reason.startswith("model.weights") else "model.module"
         raise LoadError(
-            "model.module", f"a model that loads in its worker ({isolation})", hint=str(error), show_got=False
+            key, f"a model that loads in its worker ({isolation})", hint=reason, show_got=False
         ) from None
     return OpenedModel(module, fmt, isolation, module.isolation)

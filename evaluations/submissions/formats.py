@@ -156,7 +156,11 @@ def open_model(
             protected=protected,
         )
     except SubmissionFailure as error:
+        if fmt == "torch_export":  # the file is the model: name it as the evaluator sees it
+            key, hint = "model.weights", f"{weights}: {error}"
+        else:
+            key, hint = "model.module", str(error)
         raise LoadError(
-            "model.module", f"a model that loads in its worker ({isolation})", hint=str(error), show_got=False
+            key, f"a model that loads in its worker ({isolation})", hint=hint, show_got=False
         ) from None
     return OpenedModel(module, fmt, isolation, module.isolation)

@@ -156,10 +156,13 @@ def open_model(
             protected=protected,
         )
     except SubmissionFailure as error:
+        key, hint = ("model.weights" if fmt == "torch_export" else "model.module"), str(error)
+        for candidate in ("model.module", "model.weights", "model.kwargs"):  # the worker's own key, if any
+            prefix = f"config key '{candidate}': "
+            if hint.startswith(prefix):
+                key, hint = candidate, hint[len(prefix) :]
         if fmt == "torch_export":  # the file is the model: name it as the evaluator sees it
-            key, hint = "model.weights", f"{weights}: {error}"
-        else:
-            key, hint = "model.module", str(error)
+            hint = f"{weights}: {hint}"
         raise LoadError(
             key, f"a model that loads in its worker ({isolation})", hint=hint, show_got=False
         ) from None

@@ -10,9 +10,9 @@ cache is filled by a warm-up run first, so every timed run only loads the denois
 second instructor's run would. The pairs alternate which mode goes first, and each pair's ratio is taken
 (a shared host's speed drifts within minutes); the table gives every run, the ratios and their median.
 
-Run: ``python3 benchmarks/bench_isolation.py`` (about 30 minutes on 2 cores: a warm-up and three pairs of
-quick-preset runs); ``--pairs N``, ``--limit N`` (points per stage, a smoke run) and ``--json FILE``.
-Needs bubblewrap (``apt-get install bubblewrap``).
+Run: ``python3 benchmarks/bench_isolation.py`` (about 30 minutes on 2 idle cores: a warm-up that trains
+the models, evaluating 2 points, and three pairs of quick-preset runs); ``--pairs N``, ``--limit N``
+(points per stage, a smoke run) and ``--json FILE``. Needs bubblewrap (``apt-get install bubblewrap``).
 """
 
 from __future__ import annotations
@@ -116,15 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=3, help="interleaved (in-process, sandbox) pairs")
     parser.add_argument("--limit", type=int, help="cap every number of test points (a smoke run)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument(
+        "--cache-dir", metavar="DIR", help="the model cache to fill and use (default: a new one)"
+    )
     args = parser.parse_args(argv)
     support = sandbox_support()
     if not support.available:
         raise SystemExit(f"no sandbox here: {support.reason}")
     work = Path(tempfile.mkdtemp(prefix="bench-isolation-"))
     config = make_submission(work / "submission")
-    cache = work / "cache"
+    cache = Path(args.cache_dir) if args.cache_dir else work / "cache"
     print(f"warm-up (fills the model cache under {cache}) ...", flush=True)
-    run_once(config, "none", work / "warm-up", cache, args.limit)
+    run_once(config, "none", work / "warm-up", cache, 2)  # trains every model; evaluates 2 points
     rows = []
     for pair in range(args.pairs):
         order = ["none", "sandbox"] if pair % 2 == 0 else ["sandbox", "none"]
@@ -137,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     ratios = [row["ratio"] for row in rows]
     summary = {
-        "command": "python3 benchmarks/bench_isolation.py" + (f" --limit {args.limit}" if args.limit else ""),
+        "command": "python3 benchmarks/bench_isolation.py"
+        + (f" --pairs {args.pairs}" if args.pairs != 3 else "")
+        + (f" --limit {args.limit}" if args.limit else ""),
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "load_average": os.getloadavg(),

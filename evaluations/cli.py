@@ -229,7 +229,9 @@ def _resolve(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     if args.trust_submissions and not args.submissions:
-        raise ConfigError("--trust-submissions", "used with --submissions (instructor mode)", show_got=False)
+        raise ConfigError(
+            "--trust-submissions", "--submissions with it (the flag is for instructor mode)", show_got=False
+        )
     if args.submissions:
         from .leaderboard import run_leaderboard
 

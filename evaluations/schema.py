@@ -87,7 +87,8 @@ RESULTS_KEYS = {
     "timings": "{stage: seconds of this run}; stages data, models, clean, certify, attacks, "
     "certificate_check, metrics, report",
     "work": "{units_computed, units_reused, models: [{name, status (trained|cached|user), seconds, path, "
-    "key; a user's model also module, weights, weights_sha256}]}",
+    "key; a user's model also module, weights, weights_sha256, format (onnx|torch_export|python), "
+    "isolation (none|process|sandbox|none needed) and isolation_detail}]}",
     "defences": "{defence name: DEFENCE_KEYS}",
     "envelopes": "{smoothing kind: {sigmas, radius_grid, optimistic, corrected, alpha, corrected_alpha, "
     "best_sigma_corrected}} for kinds with several sigmas",

@@ -156,11 +156,14 @@ def open_model(
             protected=protected,
         )
     except SubmissionFailure as error:
-        reason = str(error)
-        # The worker names the key it failed on first (``model.weights '...': ...``): a bad weights file is
-        # reported against model.weights, as in-process loading reports it.
-        key = "model.weights" if reason.startswith("model.weights") else "model.module"
+        key, hint = ("model.weights" if fmt == "torch_export" else "model.module"), str(error)
+        for candidate in ("model.module", "model.weights", "model.kwargs"):  # the worker's own key, if any
+            prefix = f"config key '{candidate}': "
+            if hint.startswith(prefix):
+                key, hint = candidate, hint[len(prefix) :]
+        if fmt == "torch_export":  # the file is the model: name it as the evaluator sees it
+            hint = f"{weights}: {hint}"
         raise LoadError(
-            key, f"a model that loads in its worker ({isolation})", hint=reason, show_got=False
+            key, f"a model that loads in its worker ({isolation})", hint=hint, show_got=False
         ) from None
     return OpenedModel(module, fmt, isolation, module.isolation)

@@ -153,7 +153,8 @@ def pickle_hint(path: str | Path) -> str:
 
 class LoadError(ValueError):
     """A model that does not load: the message names the key, the expected form and what was found (the
-    same form as the harness's ``ConfigError``, which it becomes there)."""
+    same form as the harness's ``ConfigError``, which it becomes there; a class of its own because the
+    worker, alone in the sandbox, cannot import the harness's configuration package)."""
 
     def __init__(self, key: str, expected: str, got: Any = None, hint: str = "", *, show_got: bool = True):
         self.key, self.expected, self.got, self.hint, self.show_got = key, expected, got, hint, show_got

@@ -51,8 +51,8 @@ class SubmissionFailure(RuntimeError):
 
 
 class _OutputDrain(threading.Thread):
-    """Reads a worker's stdout/stderr, keeps the first ``cap`` bytes, and calls ``overflow`` once when
-    more arrive."""
+    """Reads a worker's stdout/stderr to its end, keeps the first ``cap`` bytes, and calls ``overflow``
+    (which stops the worker) as soon as more than that arrive."""
 
     def __init__(self, stream: Any, cap: int, overflow: Any) -> None:
         super().__init__(daemon=True)

@@ -51,6 +51,43 @@ OVERRIDES = [
 
 HONEST = ("alice", "bob")
 
+#: Bad input: each one line naming its file, and the run goes on.
+BAD_INPUT = {
+    "corrupt_onnx": r"corrupt_onnx/model\.onnx: not an ONNX model \(it does not parse",
+    "unsupported_op": r"unsupported_op/model\.onnx: uses unsupported operator\(s\) TopK",
+    "wrong_input": r"wrong_input/model\.onnx: takes inputs of shape \(batch, 1, 28, 28\); the dataset.s are",
+    "corrupt_pt2": r"config key 'model\.weights'.*corrupt_pt2/model\.pt2.*torch\.export\.load raised",
+}
+
+
+def _write_bad_input(root: Path) -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    def classifier(shape, extra=()):
+        nodes = [
+            helper.make_node("Flatten", ["x"], ["f"]),
+            helper.make_node("Gemm", ["f", "w"], ["y"], transB=1),
+        ]
+        weight = numpy_helper.from_array(torch.zeros(10, 64).numpy(), "w")
+        graph = helper.make_graph(
+            [*nodes, *extra],
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+            [weight, numpy_helper.from_array(torch.tensor([3]).numpy(), "k")],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+    for name in BAD_INPUT:
+        (root / name).mkdir()
+    write_onnx_submission(root / "corrupt_onnx")
+    data = (root / "corrupt_onnx" / "model.onnx").read_bytes()
+    (root / "corrupt_onnx" / "model.onnx").write_bytes(data[: len(data) // 2])
+    unsupported = classifier(["batch", 1, 8, 8], [helper.make_node("TopK", ["y", "k"], ["v", "i"])])
+    (root / "unsupported_op" / "model.onnx").write_bytes(unsupported.SerializeToString())
+    (root / "wrong_input" / "model.onnx").write_bytes(classifier(["batch", 1, 28, 28]).SerializeToString())
+    (root / "corrupt_pt2" / "model.pt2").write_bytes(b"PK\x03\x04 not really a zip archive")
+
 
 def _digest(folder: Path) -> dict[str, str]:
     return {
@@ -85,6 +122,7 @@ def boards(tmp_path_factory, sandbox_module):
         folder.mkdir()
         (folder / "model.py").write_text(hostile_source(name, **places))
         torch.save(hostile_weights(name), folder / "weights.pt")
+    _write_bad_input(all_root)
     cache = base / "cache"
     before = _digest(all_root / "alice")
     common = {"overrides": OVERRIDES, "cache_dir": cache, "progress": False, "log": lambda m: None}
@@ -128,6 +166,15 @@ def test_each_attack_is_contained_and_reported_on_its_own_row(boards, name):
     table = json.loads((context["out"] / "leaderboard.json").read_text())
     row = next(r for r in table["rows"] if r[1] == name)
     assert row[0] is None and row[3] == "python" and row[4] == "sandbox"  # unranked, sandboxed
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUT))
+def test_bad_input_is_one_line_naming_the_file_and_the_run_goes_on(boards, name):
+    _, attacked, context = boards
+    reason = attacked[name]
+    assert isinstance(reason, str) and "\n" not in reason
+    assert re.search(BAD_INPUT[name], reason), reason
+    assert all(isinstance(attacked[n], dict) for n in HONEST)
 
 
 def test_the_honest_submissions_are_evaluated_and_ranked(boards):
@@ -182,5 +229,5 @@ def test_nothing_outside_the_sandboxes_changed(boards):
     board = (context["out"] / "leaderboard.md").read_text()
     # one table row per submission: the forged rows of the error message did not become rows
     rows = [line for line in board.splitlines() if line.startswith("| ") and not line.startswith("| rank")]
-    assert len(rows) == len(HOSTILE) + len(HONEST)
+    assert len(rows) == len(HOSTILE) + len(HONEST) + len(BAD_INPUT)
     assert "mallory" not in "".join(line.split("|")[2] for line in rows)

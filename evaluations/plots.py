@@ -21,11 +21,13 @@ from matplotlib.lines import Line2D
 
 __all__ = [
     "CURVE_STYLES",
+    "attack_strength_figure",
     "certificate_check_figure",
     "certified_accuracy_figure",
     "defence_colours",
     "plot_certificate_check",
     "max_radius_figure",
+    "plot_attack_strength",
     "plot_certified_accuracy",
     "plot_max_radius",
     "plot_robust_accuracy",
@@ -261,6 +263,87 @@ def robust_accuracy_figure(
         -0.01,
         "markers: measured (ε = 0 is clean accuracy); dotted lines only join them, nothing was measured "
         "in between",
+        fontsize=8,
+        va="top",
+    )
+    return figure
+
+
+def plot_attack_strength(
+    series: Mapping[str, Mapping[str, Mapping[str, tuple[Any, Any]]]],
+    path: str | os.PathLike[str],
+    *,
+    colours: Mapping[str, str] | None = None,
+    flagged: Sequence[str] = (),
+) -> Path:
+    """Write :func:`attack_strength_figure` to ``path`` (PNG) and return the path."""
+    return _save(attack_strength_figure(series, colours=colours, flagged=flagged), path)
+
+
+def attack_strength_figure(
+    series: Mapping[str, Mapping[str, Mapping[str, tuple[Any, Any]]]],
+    *,
+    colours: Mapping[str, str] | None = None,
+    flagged: Sequence[str] = (),
+) -> Figure:
+    """AutoAttack against the other attacks, and its eps sweep, one chart per norm.
+
+    ``series[norm][defence]`` maps ``"autoattack"`` to AutoAttack's ``(eps, accuracy)`` (the grid and the
+    sweep's unbounded budget) and ``"others"`` to the worst case of the other attacks at the grid's budgets.
+    AutoAttack's values are filled markers, the others' open ones, each a measured value (thin lines only
+    join a defence's markers); the x axis is logarithmic so that the grid and the unbounded budget both
+    show. Defences in ``flagged`` (the checklist flagged them) are named so in the legend."""
+    if not series or not any(series.values()):
+        raise ValueError("series must map at least one norm to at least one defence's curves")
+    norms = [n for n in series if series[n]]
+    palette = _colour_map(colours, [d for n in norms for d in series[n]])
+    figure = Figure(figsize=(5.2 * len(norms) + 2.4, 4.4))
+    for position, norm in enumerate(norms, start=1):
+        axes = figure.add_subplot(1, len(norms), position)
+        for defence, curves in series[norm].items():
+            colour = palette[defence]
+            name = f"{defence} (flagged)" if defence in flagged else defence
+            for key, fill, style in (("autoattack", "full", "-"), ("others", "none", "--")):
+                if key not in curves:
+                    continue
+                xs, ys = _xy(f"{norm}/{defence}/{key}", *curves[key])
+                keep = xs > 0
+                axes.plot(xs[keep], 100.0 * ys[keep], linestyle=style, linewidth=0.8, alpha=0.5, color=colour)
+                axes.plot(
+                    xs[keep],
+                    100.0 * ys[keep],
+                    linestyle="none",
+                    marker="o",
+                    fillstyle=fill,
+                    markersize=6,
+                    color=colour,
+                    label=name if key == "autoattack" else None,
+                )
+        axes.set_xscale("log")
+        axes.set_xlabel(f"ε ({_NORM_NAMES.get(str(norm).lower(), norm)}, log scale)")
+        axes.set_ylabel("robust accuracy (%)")
+        axes.set_ylim(-2, 102)
+        axes.grid(True, alpha=0.3, which="both")
+        axes.set_title(f"{_NORM_NAMES.get(str(norm).lower(), norm)} attacks")
+    handles, labels = [], []
+    for axes in figure.axes:
+        for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    handles += [
+        Line2D([], [], linestyle="-", marker="o", color="black", label="AutoAttack"),
+        Line2D([], [], linestyle="--", marker="o", fillstyle="none", color="black", label="other attacks"),
+    ]
+    labels += ["AutoAttack (filled)", "other attacks, worst case (open)"]
+    figure.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.92), fontsize=8, frameon=False)
+    figure.suptitle("AutoAttack against the other attacks, to the budget where every input is reachable")
+    figure.tight_layout()
+    figure.text(
+        0.01,
+        -0.01,
+        "markers: measured; lines only join them. The rightmost AutoAttack marker is the eps sweep's "
+        "unbounded budget (L∞ 1, L2 √d), where accuracy must be about 0",
         fontsize=8,
         va="top",
     )

@@ -118,3 +118,21 @@ def test_dry_run_prices_autoattack(model_cache):
     text = dry_run(tiny_config(), cache_dir=model_cache)
     assert "undefended: autoattack (standard, 12 points)" in text
     assert "rs_sigma0.25: autoattack (rand, 12 points)" in text
+
+
+def test_attack_strength_figure_names_flagged_defences(tmp_path):
+    from evaluations import plots
+
+    series = {
+        "linf": {
+            "undefended": {"autoattack": ([0.1, 1.0], [0.2, 0.0]), "others": ([0.1], [0.3])},
+            "rounded": {"autoattack": ([0.1, 1.0], [0.4, 0.1]), "others": ([0.1], [0.9])},
+        }
+    }
+    figure = plots.attack_strength_figure(series, flagged=["rounded"])
+    labels = figure.legends[0].get_texts()
+    assert [t.get_text() for t in labels][:2] == ["undefended", "rounded (flagged)"]
+    assert figure.axes[0].get_xscale() == "log"
+    assert plots.plot_attack_strength(series, tmp_path / "strength.png").is_file()
+    with pytest.raises(ValueError, match="at least one norm"):
+        plots.attack_strength_figure({})

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
 __all__ = [
     "CURVE_STYLES",
@@ -332,6 +333,11 @@ def attack_strength_figure(
                     label=name if key == "autoattack" else None,
                 )
         axes.set_xscale("log")
+        measured = sorted(
+            {float(e) for curves in series[norm].values() for eps, _ in curves.values() for e in eps}
+        )
+        axes.set_xticks([e for e in measured if e > 0], [f"{e:g}" for e in measured if e > 0])
+        axes.xaxis.set_minor_formatter(NullFormatter())
         _accuracy_axes(axes, norm, ", log scale")
     return _finish_panels(
         figure,

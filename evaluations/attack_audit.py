@@ -119,7 +119,8 @@ def audit_defence(
 
 def _curves(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, list[float]]]]:
     """Per norm: AutoAttack's accuracy at every budget it ran (the sweep's too), and the worst case of the
-    other attacks (not AutoAttack's parts) at each budget of the grid, on the points they all covered."""
+    other attacks (not AutoAttack's parts) at each budget of the grid, on the points they and AutoAttack
+    all covered."""
     curves: dict[str, dict[str, dict[str, list[float]]]] = {}
     for norm in dict.fromkeys(e["norm"] for e in entries):
         rows = [e for e in entries if e["norm"] == norm and e.get("part_of") is None]
@@ -135,7 +136,8 @@ def _curves(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, 
             accuracy = []
             for eps in budgets:
                 cell = [e for e in others if float(e["eps"]) == eps]
-                count = common_points(cell)
+                same = [e for e in ours if float(e["eps"]) == eps]  # on AutoAttack's points, to compare
+                count = common_points(cell + same)
                 robust = np.logical_and.reduce([e["predict"][:count] == e["label"][:count] for e in cell])
                 accuracy.append(float(np.mean(robust)))
             curves.setdefault(norm, {})["others"] = {"eps": budgets, "accuracy": accuracy}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .attacks import build_attacks
+from .config import check_budgets
 from .data import load_dataset
 from .defences import attack_points
 from .models import DEFAULT_CACHE_DIR, ModelStore
@@ -137,6 +138,10 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
                     )
             units = forward = backward = calls = 0
             for attack in attacks:
+                if attack.name == "autoattack":
+                    if attacked > 0:
+                        rows.append(_autoattack_row(config, name, smoothed, attacked, predict, answer_batch))
+                    continue
                 applies = smoothed or attack.name not in ("eotpgd", "smoothadv")
                 if kind_name != "feature_squeezing" and attack.name in ("bpda", "detector_evading"):
                     applies = False
@@ -168,6 +173,78 @@ def plan_work(config: dict[str, Any], train_size: int, test_size: int) -> list[d
                 }
             )
     return rows
+
+
+def _autoattack_row(
+    config: dict[str, Any], name: str, smoothed: bool, attacked: int, predict: int, answer_batch: int
+) -> dict[str, Any]:
+    """AutoAttack's row: one unit per (norm, eps), every one on the same points; the verdicts on its
+    inputs and on its parts' are forward passes like every attack's, its own iterations are priced by
+    :func:`evaluations.attacks.autoattack.probe_seconds` (``"autoattack"`` says what to probe)."""
+    section = config["autoattack"]
+    version = section["version"] if section["version"] != "auto" else ("rand" if smoothed else "standard")
+    points = min(attacked, section["points"] or attacked)
+    parts = (1 if version == "rand" else 3) + (1 if section["extra_restarts"] else 0)
+    budgets = {norm: [e for e in config["attacks"][f"{norm}_eps"] if e > 0] for norm in section["norms"]}
+    units = sum(len(b) + (1 if section["sweep"] else 0) for b in budgets.values())
+    return {
+        "stage": "attacks",
+        "defence": f"{name}: autoattack ({version}, {points} points)",
+        "units": units,
+        "forward": units * points * predict * (1 + parts),
+        "backward": 0,
+        "forward_batch": answer_batch,
+        "backward_batch": 1,
+        "detector_calls": units if name == "feature_squeezing" else 0,
+        "autoattack": {"version": version, "points": points, "budgets": budgets, "sweep": section["sweep"]},
+    }
+
+
+class _AutoAttackPrices:
+    """Seconds of AutoAttack's units, probed here once per (version, norm, model) on random inputs of the
+    run's shape (:func:`~evaluations.attacks.autoattack.probe_seconds`: the cascade's upper bound, every
+    point surviving every component). A sweep unit, where nearly every point falls to the first
+    component, is priced at that component alone."""
+
+    def __init__(self, config: dict[str, Any], model: torch.nn.Module, shape: tuple[int, ...]) -> None:
+        from .attacks.autoattack import AutoAttackSettings
+
+        self.settings = AutoAttackSettings.from_section(config["autoattack"])
+        self.model, self.shape = model, shape
+        self.denoiser: torch.nn.Module | None = None
+        self.measured: dict[tuple[str, str, bool, int], dict[str, float]] = {}
+
+    def __call__(self, row: dict[str, Any]) -> float:
+        plan = row["autoattack"]
+        denoised = row["defence"].startswith("denoised")
+        total = 0.0
+        for norm, budgets in plan["budgets"].items():
+            seconds = self._probe(plan["version"], norm, denoised, plan["points"])
+            total += len(budgets) * sum(seconds.values())
+            total += seconds["apgd-ce"] if plan["sweep"] else 0.0
+        return total
+
+    def _probe(self, version: str, norm: str, denoised: bool, points: int) -> dict[str, float]:
+        from art_smoothing_plugin import SmoothedSoftClassifier
+        from art_smoothing_plugin.sampling import make_generator
+
+        from .attacks.autoattack import probe_seconds
+
+        key = (version, norm, denoised, points)
+        if key not in self.measured:
+            base = self.model
+            if denoised and self.denoiser is not None:
+                base = torch.nn.Sequential(self.denoiser, self.model)
+            module = base
+            if version == "rand":
+                module = SmoothedSoftClassifier(
+                    base, 0.5, 1, generator=make_generator(0, torch.device("cpu"))
+                )
+            x = torch.rand((points, *self.shape))
+            self.measured[key] = probe_seconds(
+                module.eval(), x, norm=norm, version=version, settings=self.settings
+            )
+        return self.measured[key]
 
 
 class _Costs:
@@ -224,6 +301,7 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
         torch.set_num_threads(threads)
     section = config["dataset"]
     dataset = load_dataset(section["name"], path=section["path"] or None, root=section["root"])
+    check_budgets(config, dataset.input_shape)
     store = ModelStore(config, dataset, cache_dir or DEFAULT_CACHE_DIR, device, progress=False)
     lines = [
         f"dry run of preset {config['preset']!r} on {dataset.name} ({len(dataset.x_train)} train / "
@@ -244,6 +322,7 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
     costs = _Costs(model, dataset.input_shape)
     forward, backward = costs(1000)
     denoiser_forward = 0.0
+    denoiser = None
     if "denoised_smoothing" in config["defences"]["enabled"] and config["denoised"]["denoiser"] != "none":
         from art_smoothing_plugin.denoisers import DENOISER_ARCHITECTURES
 
@@ -291,6 +370,8 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
     if ddpm_train_seconds:
         total += ddpm_train_seconds
         lines.append(f"| train | ddpm (to train) | 1 | | | {ddpm_train_seconds:.0f} |")
+    autoattack_prices = _AutoAttackPrices(config, model, dataset.input_shape)
+    autoattack_prices.denoiser = denoiser
     for row in plan_work(config, len(dataset.x_train), len(dataset.x_test)):
         extra = denoiser_forward if row["defence"].startswith("denoised") else 0.0
         extra = ddpm_forward if row["defence"].startswith("diffusion") else extra
@@ -298,6 +379,7 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
         backward_cost = costs(row["backward_batch"])[1] if row["backward"] else 0.0
         seconds = row["forward"] * (forward_cost + extra) + row["backward"] * (backward_cost + 2 * extra)
         seconds += row["detector_calls"] * detector_call
+        seconds += autoattack_prices(row) if "autoattack" in row else 0.0
         total += seconds
         lines.append(
             f"| {row['stage']} | {row['defence']} | {row['units']} | {row['forward']:,} | "

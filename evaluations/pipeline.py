@@ -20,6 +20,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .attacks import Attack, AttackSettings, build_attacks
 from .attacks.smoothadv import SmoothAdv
-from .config import ConfigError
+from .config import ConfigError, check_budgets
 from .data import Dataset, load_dataset
 from .defences import BuildContext, Defence, attack_points, build_defences
 from .models import DEFAULT_CACHE_DIR, ModelStore
@@ -74,6 +75,19 @@ class RunData:
         self.certified: dict[str, dict[str, np.ndarray]] = {}  # defence -> certification arrays
         self.empirical: list[dict[str, Any]] = []  # one dict of arrays per (defence, attack, norm, eps)
         self.checks: dict[str, dict[str, Any]] = {}  # defence -> certificate-check arrays and "attempted"
+
+
+@dataclass(frozen=True)
+class AttackJob:
+    """One (defence, attack, norm, eps) of the attacks stage, on the first ``points`` test points;
+    ``sweep``: a budget of the checklist's eps sweep, beyond the grid."""
+
+    defence: Defence
+    attack: Attack
+    norm: str
+    eps: float
+    points: int
+    sweep: bool
 
 
 def _chunks(count: int, size: int) -> list[tuple[int, int]]:
@@ -164,6 +178,7 @@ class Pipeline:
         with self.stage("data"):
             section = self.config["dataset"]
             self.dataset = load_dataset(section["name"], path=section["path"] or None, root=section["root"])
+        check_budgets(self.config, self.dataset.input_shape)
         self.models = ModelStore(
             self.config,
             self.dataset,
@@ -272,8 +287,12 @@ class Pipeline:
                     **{name: _concat(parts, name) for name in parts[0] if not name.startswith("_")},
                 }
 
-    def attack_plan(self) -> list[tuple[Defence, Attack, str, float]]:
+    def attack_plan(self) -> list[AttackJob]:
+        """Every (defence, attack, norm, eps) to run: the grid's budgets, and for an attack with a sweep
+        (AutoAttack) also the budget where every input is reachable (the checklist's eps sweep)."""
+        assert self.dataset is not None
         grid = {"linf": self.config["attacks"]["linf_eps"], "l2": self.config["attacks"]["l2_eps"]}
+        dims = int(np.prod(self.dataset.input_shape))
         plan = []
         for defence in self.defences:
             if self.attack_points(defence) == 0:
@@ -281,19 +300,29 @@ class Pipeline:
             for attack in self.attacks:
                 if not attack.applies_to(defence):
                     continue
+                points = min(self.attack_points(defence), attack.max_points() or self.attack_points(defence))
                 for norm in attack.norms:
-                    plan.extend((defence, attack, norm, float(eps)) for eps in grid[norm] if eps > 0)
+                    budgets = [float(eps) for eps in grid[norm] if eps > 0]
+                    plan.extend(AttackJob(defence, attack, norm, eps, points, False) for eps in budgets)
+                    for eps in attack.sweep_budgets(norm, dims):
+                        if eps not in budgets:
+                            plan.append(AttackJob(defence, attack, norm, eps, points, True))
         return plan
 
+    def _unit_chunks(self, job: AttackJob) -> list[tuple[int, int]]:
+        count = len(self.points(job.points)[0])
+        return _chunks(count, self.config["run"]["chunk_size"] if job.attack.chunked else max(1, count))
+
     def run_attacks(self) -> None:
-        size = self.config["run"]["chunk_size"]
         plan = self.attack_plan()
-        units = sum(len(_chunks(len(self.points(self.attack_points(d))[0]), size)) for d, *_ in plan)
+        units = sum(len(self._unit_chunks(job)) for job in plan)
         with self.stage("attacks"), self._bar(units, "attacks") as bar:
-            for defence, attack, norm, eps in plan:
-                index, x, y = self.points(self.attack_points(defence))
-                parts = []
-                for start, stop in _chunks(len(index), size):
+            for job in plan:
+                defence, attack, norm, eps = job.defence, job.attack, job.norm, job.eps
+                index, x, y = self.points(job.points)
+                part_names = list(attack.parts(defence))
+                chunks = []
+                for start, stop in self._unit_chunks(job):
                     unit = f"{defence.name}-{attack.name}-{norm}-{eps:g}-{start}"
 
                     def compute(
@@ -306,38 +335,76 @@ class Pipeline:
                         x=x,
                         y=y,
                         unit=unit,
+                        part_names=part_names,
                     ):
                         seed = self.seed("attack", defence.name, attack.name, norm, eps, start)
-                        adversarial = attack.perturb(
+                        output = attack.perturb_detailed(
                             defence, x[start:stop], y[start:stop], norm=norm, eps=eps, seed=seed
                         )
-                        l2, linf = _distances(x[start:stop], adversarial)
-                        return {
-                            "predict": defence.predict(adversarial, seed=self.seed("predict", unit)),
-                            "detected": _detected(defence.detect(adversarial), stop - start),
-                            "l2_distance": l2,
-                            "linf_distance": linf,
-                        }
+                        result = self._judge(defence, x[start:stop], output.adversarial, unit)
+                        result["seconds"] = np.array([sum(output.seconds.values())])
+                        for name, seconds in output.seconds.items():
+                            result[f"seconds.{name}"] = np.array([seconds])
+                        for name in part_names:
+                            judged = self._judge(defence, x[start:stop], output.parts[name], f"{unit}/{name}")
+                            result.update({f"part.{name}.{k}": v for k, v in judged.items()})
+                        return result
 
                     key = self.unit_key(
                         defence, stage="attack", attack=attack.identity(norm), eps=eps, start=start, stop=stop
                     )
-                    parts.append(self.store.fetch("attacks", unit, key, compute))
+                    chunks.append(self.store.fetch("attacks", unit, key, compute))
                     bar.update()
+                common = {"defence": defence.name, "norm": norm, "eps": eps, "idx": index, "label": y}
+                components = {
+                    name.split(".", 1)[1]: float(sum(float(c[name][0]) for c in chunks))
+                    for name in chunks[0]
+                    if name.startswith("seconds.")
+                }
                 self.data.empirical.append(
                     {
-                        "defence": defence.name,
+                        **common,
                         "attack": attack.name,
-                        "norm": norm,
-                        "eps": eps,
-                        "idx": index,
-                        "label": y,
-                        "predict": _concat(parts, "predict", np.int64),
-                        "detected": _concat(parts, "detected", np.int8),
-                        "l2_distance": _concat(parts, "l2_distance"),
-                        "linf_distance": _concat(parts, "linf_distance"),
+                        "predict": _concat(chunks, "predict", np.int64),
+                        "detected": _concat(chunks, "detected", np.int8),
+                        "l2_distance": _concat(chunks, "l2_distance"),
+                        "linf_distance": _concat(chunks, "linf_distance"),
+                        "threat": attack.threat(defence),
+                        "gradient": attack.gradient,
+                        "sweep": job.sweep,
+                        "seconds": float(sum(float(c["seconds"][0]) for c in chunks)),
+                        "units": len(chunks),
+                        "component_seconds": components if len(components) > 1 else {},
                     }
                 )
+                for name, meta in attack.parts(defence).items():
+                    effort = meta.get("more_effort_of")
+                    self.data.empirical.append(
+                        {
+                            **common,
+                            "attack": f"{attack.name}/{name}",
+                            "part_of": attack.name,
+                            "predict": _concat(chunks, f"part.{name}.predict", np.int64),
+                            "detected": _concat(chunks, f"part.{name}.detected", np.int8),
+                            "l2_distance": _concat(chunks, f"part.{name}.l2_distance"),
+                            "linf_distance": _concat(chunks, f"part.{name}.linf_distance"),
+                            "threat": meta["threat"],
+                            "gradient": meta["gradient"],
+                            "more_effort_of": f"{attack.name}/{effort}" if effort else None,
+                            "sweep": job.sweep,
+                        }
+                    )
+
+    def _judge(self, defence: Defence, x: np.ndarray, adversarial: np.ndarray, unit: str) -> dict[str, Any]:
+        """The defence's verdict on attacked inputs (PREDICT with fresh noise of the unit's own seed for a
+        smoothed defence), its detector's, and the perturbations' sizes."""
+        l2, linf = _distances(x, adversarial)
+        return {
+            "predict": defence.predict(adversarial, seed=self.seed("predict", unit)),
+            "detected": _detected(defence.detect(adversarial), len(x)),
+            "l2_distance": l2,
+            "linf_distance": linf,
+        }
 
     def run_certificate_check(self) -> None:
         """Attack every certified point among the first ``certificate_check.points`` points certified of

@@ -18,14 +18,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullFormatter
 
 __all__ = [
     "CURVE_STYLES",
+    "attack_strength_figure",
     "certificate_check_figure",
     "certified_accuracy_figure",
     "defence_colours",
     "plot_certificate_check",
     "max_radius_figure",
+    "plot_attack_strength",
     "plot_certified_accuracy",
     "plot_max_radius",
     "plot_robust_accuracy",
@@ -222,13 +225,8 @@ def robust_accuracy_figure(
     follow it (the figure says so). A defence has the colour ``colours`` gives it (see
     :func:`defence_colours`) in both charts. Accuracy is a fraction in [0, 1].
     """
-    if not series or not any(series.values()):
-        raise ValueError("series must map at least one norm to at least one defence's (eps, accuracy)")
-    norms = [n for n in series if series[n]]
-    palette = _colour_map(colours, [d for n in norms for d in series[n]])
-    figure = Figure(figsize=(5.2 * len(norms) + 1.8, 4.4))
-    for position, norm in enumerate(norms, start=1):
-        axes = figure.add_subplot(1, len(norms), position)
+    figure, panels, palette = _norm_panels(series, colours, legend_width=1.8)
+    for norm, axes in panels:
         for defence, (eps, acc) in series[norm].items():
             xs, ys = _xy(f"{norm}/{defence}", eps, acc)
             axes.plot(xs, 100.0 * ys, linestyle=":", linewidth=1.0, alpha=0.6, color=palette[defence])
@@ -241,30 +239,119 @@ def robust_accuracy_figure(
                 color=palette[defence],
                 label=defence,
             )
-        axes.set_xlabel(f"ε ({_NORM_NAMES.get(str(norm).lower(), norm)})")
-        axes.set_ylabel("robust accuracy (%)")
-        axes.set_ylim(-2, 102)
+        _accuracy_axes(axes, norm)
         axes.set_xlim(left=0)
-        axes.grid(True, alpha=0.3)
-        axes.set_title(f"{_NORM_NAMES.get(str(norm).lower(), norm)} attacks")
+    return _finish_panels(
+        figure,
+        title,
+        "markers: measured (ε = 0 is clean accuracy); dotted lines only join them, nothing was measured "
+        "in between",
+    )
+
+
+def _norm_panels(
+    series: Mapping[str, Mapping[str, Any]], colours: Mapping[str, str] | None, legend_width: float
+) -> tuple[Figure, list[tuple[str, Any]], dict[str, str]]:
+    """One chart per norm side by side, and the colour of every defence drawn."""
+    if not series or not any(series.values()):
+        raise ValueError("series must map at least one norm to at least one defence's curves")
+    norms = [n for n in series if series[n]]
+    palette = _colour_map(colours, [d for n in norms for d in series[n]])
+    figure = Figure(figsize=(5.2 * len(norms) + legend_width, 4.4))
+    return figure, [(n, figure.add_subplot(1, len(norms), i)) for i, n in enumerate(norms, start=1)], palette
+
+
+def _accuracy_axes(axes: Any, norm: str, xlabel_suffix: str = "") -> None:
+    name = _NORM_NAMES.get(str(norm).lower(), norm)
+    axes.set_xlabel(f"ε ({name}{xlabel_suffix})")
+    axes.set_ylabel("robust accuracy (%)")
+    axes.set_ylim(-2, 102)
+    axes.grid(True, alpha=0.3, which="both")
+    axes.set_title(f"{name} attacks")
+
+
+def _finish_panels(figure: Figure, title: str, note: str, extra: Sequence[tuple[Any, str]] = ()) -> Figure:
+    """One legend for every chart (each label once, then ``extra`` handles), the title and a note below."""
     handles, labels = [], []
     for axes in figure.axes:
         for handle, label in zip(*axes.get_legend_handles_labels(), strict=True):
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
+    handles += [handle for handle, _ in extra]
+    labels += [label for _, label in extra]
     figure.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.92), fontsize=8, frameon=False)
     figure.suptitle(title)
     figure.tight_layout()
-    figure.text(
-        0.01,
-        -0.01,
-        "markers: measured (ε = 0 is clean accuracy); dotted lines only join them, nothing was measured "
-        "in between",
-        fontsize=8,
-        va="top",
-    )
+    figure.text(0.01, -0.01, note, fontsize=8, va="top")
     return figure
+
+
+def plot_attack_strength(
+    series: Mapping[str, Mapping[str, Mapping[str, tuple[Any, Any]]]],
+    path: str | os.PathLike[str],
+    *,
+    colours: Mapping[str, str] | None = None,
+    flagged: Sequence[str] = (),
+) -> Path:
+    """Write :func:`attack_strength_figure` to ``path`` (PNG) and return the path."""
+    return _save(attack_strength_figure(series, colours=colours, flagged=flagged), path)
+
+
+def attack_strength_figure(
+    series: Mapping[str, Mapping[str, Mapping[str, tuple[Any, Any]]]],
+    *,
+    colours: Mapping[str, str] | None = None,
+    flagged: Sequence[str] = (),
+) -> Figure:
+    """AutoAttack against the other attacks, and its eps sweep, one chart per norm.
+
+    ``series[norm][defence]`` maps ``"autoattack"`` to AutoAttack's ``(eps, accuracy)`` (the grid and the
+    sweep's unbounded budget) and ``"others"`` to the worst case of the other attacks at the grid's budgets.
+    AutoAttack's values are filled markers, the others' open ones, each a measured value (thin lines only
+    join a defence's markers); the x axis is logarithmic so that the grid and the unbounded budget both
+    show. Defences in ``flagged`` (the checklist flagged them) are named so in the legend."""
+    figure, panels, palette = _norm_panels(series, colours, legend_width=2.4)
+    for norm, axes in panels:
+        for defence, curves in series[norm].items():
+            colour = palette[defence]
+            name = f"{defence} (flagged)" if defence in flagged else defence
+            for key, fill, style in (("autoattack", "full", "-"), ("others", "none", "--")):
+                if key not in curves:
+                    continue
+                xs, ys = _xy(f"{norm}/{defence}/{key}", *curves[key])
+                keep = xs > 0
+                axes.plot(xs[keep], 100.0 * ys[keep], linestyle=style, linewidth=0.8, alpha=0.5, color=colour)
+                axes.plot(
+                    xs[keep],
+                    100.0 * ys[keep],
+                    linestyle="none",
+                    marker="o",
+                    fillstyle=fill,
+                    markersize=6,
+                    color=colour,
+                    label=name if key == "autoattack" else None,
+                )
+        axes.set_xscale("log")
+        measured = sorted(
+            {float(e) for curves in series[norm].values() for eps, _ in curves.values() for e in eps}
+        )
+        axes.set_xticks([e for e in measured if e > 0], [f"{e:g}" for e in measured if e > 0])
+        axes.xaxis.set_minor_formatter(NullFormatter())
+        _accuracy_axes(axes, norm, ", log scale")
+    return _finish_panels(
+        figure,
+        "AutoAttack against the other attacks, to the budget where every input is reachable",
+        "markers: measured; lines only join them. The rightmost AutoAttack marker is the eps sweep's "
+        "unbounded budget (L∞ 1, L2 √d), where accuracy must be about 0",
+        extra=[
+            (Line2D([], [], linestyle="-", marker="o", color="black"), "AutoAttack (filled)"),
+            (
+                Line2D([], [], linestyle="--", marker="o", fillstyle="none", color="black"),
+                "other attacks, worst case (open)",
+            ),
+        ],
+    )
 
 
 #: The label of the certificate check's reference tick: a sound certifier's flip rate is at most

@@ -138,6 +138,7 @@ ATTACKS: dict[str, str] = {
     "smoothadv": ".smoothadv:SmoothAdv",
     "bpda": ".squeezing:BPDAAttack",
     "detector_evading": ".squeezing:DetectorEvadingAttack",
+    "autoattack": ".autoattack:AutoAttack",
 }
 
 

@@ -26,8 +26,9 @@ import numpy as np
 from art_smoothing_plugin import statistics
 from art_smoothing_plugin.smoothing import certificate_from_counts
 
-from . import metrics
+from . import attack_audit, metrics
 from .cohen_logs import write_certify_log
+from .config import eps_limit
 from .pipeline import Pipeline, package_versions
 from .schema import CHECK_COLUMNS, EMPIRICAL_COLUMNS, SCHEMA_VERSION
 from .storage import atomic_write_json, atomic_write_text
@@ -43,18 +44,18 @@ def _floats(values: Any) -> list[float]:
 def worst_case(entries: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Per test point, over several attacks at one (norm, eps): ``robust`` (correct under every attack),
     ``wrong`` (some attack made it answer another class) and ``abstain_only`` (not robust, and every
-    failure was an abstention). All entries must cover the same points."""
-    labels = entries[0]["label"]
-    correct = np.ones(len(labels), dtype=bool)
-    wrong = np.zeros(len(labels), dtype=bool)
-    detected_all = np.ones(len(labels), dtype=bool)
+    failure was an abstention), on the leading points every attack covered (an attack may run on fewer
+    points, e.g. AutoAttack with ``autoattack.points``; every stage evaluates a prefix of one split)."""
+    count = attack_audit.common_points(entries)
+    labels = entries[0]["label"][:count]
+    correct = np.ones(count, dtype=bool)
+    wrong = np.zeros(count, dtype=bool)
+    detected_all = np.ones(count, dtype=bool)
     for entry in entries:
-        if not np.array_equal(entry["idx"], entries[0]["idx"]):
-            raise ValueError("worst_case needs every attack on the same test points")
-        prediction = entry["predict"]
+        prediction = entry["predict"][:count]
         correct &= prediction == labels
         wrong |= (prediction != labels) & (prediction != metrics.ABSTAIN)
-        detected_all &= entry["detected"] == 1
+        detected_all &= entry["detected"][:count] == 1
     return {
         "robust": correct,
         "wrong": wrong,
@@ -97,6 +98,7 @@ def summarise(pipeline: Pipeline) -> dict[str, Any]:
     config = pipeline.config
     grid = np.asarray(config["report"]["radius_grid"], dtype=np.float64)
     data = pipeline.data
+    dims = int(np.prod(pipeline.dataset.input_shape)) if pipeline.dataset is not None else 1
     defences: dict[str, Any] = {}
     for defence in pipeline.defences:
         entry: dict[str, Any] = {"kind": defence.kind, "sigma": defence.sigma, "smoothed": defence.smoothed}
@@ -130,8 +132,9 @@ def summarise(pipeline: Pipeline) -> dict[str, Any]:
                 "seconds_per_point": float(np.mean(certified["time"])),
             }
         empirical: dict[str, Any] = {}
+        rows = [e for e in data.empirical if e["defence"] == defence.name]
         for norm in ("linf", "l2"):
-            runs = [e for e in data.empirical if e["defence"] == defence.name and e["norm"] == norm]
+            runs = [e for e in rows if e["norm"] == norm and not e.get("part_of") and not e.get("sweep")]
             if not runs:
                 continue
             table: dict[str, Any] = {}
@@ -139,16 +142,19 @@ def summarise(pipeline: Pipeline) -> dict[str, Any]:
                 chosen = sorted((e for e in runs if e["attack"] == attack), key=lambda e: e["eps"])
                 table[attack] = {
                     "eps": [e["eps"] for e in chosen],
+                    "points": [len(e["label"]) for e in chosen],
                     "accuracy": [metrics.accuracy(e["predict"], e["label"]) for e in chosen],
                     "abstain": [metrics.abstain_rate(e["predict"]) for e in chosen],
                     "detected": [float(np.mean(e["detected"] == 1)) for e in chosen]
                     if defence.has_detector
                     else None,
+                    "seconds": [e.get("seconds") for e in chosen],
                 }
             eps_values = sorted({e["eps"] for e in runs})
             worst = [worst_case([e for e in runs if e["eps"] == eps]) for eps in eps_values]
             table["worst_case"] = {
                 "eps": eps_values,
+                "points": [len(w["robust"]) for w in worst],
                 "accuracy": [float(np.mean(w["robust"])) for w in worst],
                 "abstain": [float(np.mean(w["abstain_only"])) for w in worst],
                 "attacks": list(dict.fromkeys(e["attack"] for e in runs)),
@@ -159,6 +165,14 @@ def summarise(pipeline: Pipeline) -> dict[str, Any]:
                 ]
             empirical[norm] = table
         entry["empirical"] = empirical
+        if rows:
+            entry["audit"] = attack_audit.audit_defence(
+                rows,
+                deterministic=not defence.randomized,
+                unbounded_eps={norm: eps_limit(norm, dims) for norm in ("linf", "l2")},
+                level=config["checklist"]["level"],
+                ceiling=config["checklist"]["sweep_ceiling"],
+            )
         check = data.checks.get(defence.name)
         if check is not None:
             entry["certificate_check"] = _certificate_check(pipeline, defence, check)
@@ -498,6 +512,21 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
             title="Robust accuracy under the strongest attack per point",
             colours=colours,
         )
+    strength: dict[str, dict[str, dict[str, tuple[list[float], list[float]]]]] = {}
+    for name, entry in results["defences"].items():
+        for norm, curves in (entry.get("audit") or {}).get("curves", {}).items():
+            if "autoattack" in curves:
+                strength.setdefault(norm, {})[name] = {
+                    k: (v["eps"], v["accuracy"]) for k, v in curves.items()
+                }
+    if strength:
+        flagged = [n for n, e in results["defences"].items() if (e.get("audit") or {}).get("flags")]
+        written["attack_strength"] = plots.plot_attack_strength(
+            {norm: strength[norm] for norm in ("l2", "linf") if norm in strength},
+            out / "attack_strength.png",
+            colours=colours,
+            flagged=flagged,
+        )
     rows = []
     for name, entry in results["defences"].items():
         check = entry.get("certificate_check")
@@ -564,6 +593,25 @@ def _model_lines(results: dict[str, Any]) -> list[str]:
 
 def _notes(results: dict[str, Any]) -> list[str]:
     return [line for note in results.get("notes", []) for line in (f"**Note:** {note}", "")]
+
+
+def _fewer_points_note(results: dict[str, Any]) -> str:
+    """A sentence naming the attacks that ran on fewer points than the others (and the worst case's
+    points), or nothing."""
+    fewer = set()
+    for entry in results["defences"].values():
+        for table in entry["empirical"].values():
+            most = max((max(v["points"]) for k, v in table.items() if k != "worst_case"), default=0)
+            for attack, values in table.items():
+                if attack != "worst_case" and min(values["points"]) < most:
+                    fewer.add(f"{attack} on {min(values['points'])} of {most}")
+    if not fewer:
+        return ""
+    return (
+        " Some attacks ran on fewer points ("
+        + ", ".join(sorted(fewer))
+        + "); the worst case is over the points every attack covered."
+    )
 
 
 def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, Path]) -> str:
@@ -660,8 +708,9 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
     lines += ["", "## Empirical robust accuracy (%) under attack", ""]
     lines.append(
         "Each cell: accuracy under that attack at that ε. 'worst case' counts a point as robust only if it "
-        "survives every attack. For smoothed defences the attacked input is judged by PREDICT with fresh "
-        "noise; the abstention rate is in brackets (abstentions count as wrong)."
+        "survives every attack (on the points every attack covered). For smoothed defences the attacked "
+        "input is judged by PREDICT with fresh noise; the abstention rate is in brackets (abstentions count "
+        "as wrong)." + _fewer_points_note(results)
     )
     for norm in ("linf", "l2"):
         eps_grid = config["attacks"][f"{norm}_eps"]
@@ -698,6 +747,7 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
                     cells.append(text)
                 attack_name = "**worst case**" if attack == "worst_case" else attack
                 lines.append(f"| {name} | {attack_name} | " + " | ".join(cells) + " |")
+    lines += attack_audit.markdown_lines(results)
     gaps = {n: e.get("gaps", []) for n, e in smoothed.items() if e.get("gaps")}
     lines += ["", "## Empirical against certified accuracy", ""]
     if gaps:

@@ -31,7 +31,9 @@ __all__ = [
 ]
 
 #: Bumped whenever a key changes meaning or disappears (adding keys does not bump it).
-SCHEMA_VERSION = 2  # 2: certificate_check.trials counts every attempted point, not the attacked ones
+#: 2: certificate_check.trials counts every attempted point, not the attacked ones. 3: an empirical
+#: worst_case is over the points every attack covered (AutoAttack may run on fewer: autoattack.points).
+SCHEMA_VERSION = 3
 
 CERTIFY_COLUMNS = (
     "idx",  # index of the test point in the dataset's fixed test split
@@ -53,7 +55,7 @@ EMPIRICAL_COLUMNS = (
     "idx",
     "label",
     "defence",
-    "attack",  # attack name, or "none" for the clean prediction
+    "attack",  # attack name, "none" for the clean prediction; "autoattack/<part>": a single attack of it
     "norm",  # "linf", "l2", or "none"
     "eps",  # attack budget in [0, 1] units (0 for clean)
     "predict",  # the defence's answer on the attacked input (-1 = abstained)
@@ -109,8 +111,11 @@ DEFENCE_KEYS = {
     "clean_detected": "detector defences: fraction of clean points flagged (false-positive rate)",
     "certified": "smoothed only: {points, n0, n, alpha, max_certifiable_radius, radius_grid, accuracy, acr, "
     "abstain, seconds_per_point}",
-    "empirical": "{norm: {attack: {eps, accuracy, abstain, detected}, worst_case: {eps, accuracy, abstain, "
-    "attacks[, correct_or_detected]}}}",
+    "empirical": "{norm: {attack: {eps, points, accuracy, abstain, detected, seconds}, worst_case: {eps, "
+    "points, accuracy, abstain, attacks[, correct_or_detected]}}}",
+    "audit": "attacked defences: {checks, flags, curves, sweep_checked, autoattack, times}: the "
+    "gradient-masking checklist, AutoAttack against each single attack, each attack's time "
+    "(evaluations.attack_audit)",
     "certificate_check": "smoothed only: {trials (points attempted), attacked (the certified ones), flips, "
     "rate, upper_bound, p_value, flagged, alpha, confidence, alpha_certify, alpha_predict, reference_rate, "
     "abstained, radius_factor, steps, attack, max_l2_overshoot}",

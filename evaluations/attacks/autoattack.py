@@ -32,7 +32,6 @@ restarts), for the gradient-masking checklist, and each component's time.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ import torch
 import torchattacks
 from torch import nn
 
+from ..config import eps_limit
 from ..reproducibility import seeded
 from . import Attack, AttackOutput, AttackSettings
 from .bpda import frozen_parameters
@@ -56,9 +56,7 @@ __all__ = [
     "VERSIONS",
     "AutoAttack",
     "AutoAttackSettings",
-    "check_eps",
     "cpu_threads",
-    "eps_limit",
     "probe_seconds",
     "rand_autoattack",
     "standard_autoattack",
@@ -147,34 +145,6 @@ class AutoAttackSettings:
         """The settings that determine the attack's output (the checkpoint key); ``points`` and ``sweep``
         choose what runs and ``threads`` how fast, not what it computes."""
         return {k: v for k, v in asdict(self).items() if k not in ("points", "sweep", "threads")}
-
-
-def eps_limit(norm: str, dims: int, width: float = 1.0) -> float:
-    """The largest budget that can be meant: L-inf ``width`` (the data range's width; a larger one allows
-    nothing more), L2 ``sqrt(dims) * width`` (the diameter of the data's box)."""
-    _choice("norm", norm, NORMS)
-    return float(width) if norm == "linf" else math.sqrt(dims) * float(width)
-
-
-def check_eps(key: str, norm: str, eps: Any, dims: int, width: float = 1.0) -> list[float]:
-    """``eps`` (a number or a list of numbers) as a list of floats, each in ``[0, eps_limit]``; otherwise a
-    ``ValueError`` naming ``key`` and the largest budget that can be meant."""
-    values = eps if isinstance(eps, (list, tuple)) else [eps]
-    limit = eps_limit(norm, dims, width)
-    out = []
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{key}: expected numbers in [0, {limit:g}]; got {eps!r}")
-        if value < 0 or value > limit + 1e-12:
-            where = (
-                "the data range's width" if norm == "linf" else f"sqrt({dims}) times the data range's width"
-            )
-            raise ValueError(
-                f"{key}: {value!r} cannot be meant: a {norm} budget above {limit:g} ({where}) allows no "
-                f"perturbation that {limit:g} does not; expected numbers in [0, {limit:g}]"
-            )
-        out.append(float(value))
-    return out
 
 
 def component_seed(seed: int, name: str) -> int:

@@ -19,7 +19,7 @@ radii alike.
 from .checks import ConfigError
 from .keys import PRESET_NAMES, Key, Section
 from .resolve import PRESETS, SCHEMA, describe_schema, load_config_file, parse_override, resolve_config
-from .sections import DDPM_SCHEDULE, DDPM_TIMESTEPS, SECTIONS
+from .sections import DDPM_SCHEDULE, DDPM_TIMESTEPS, SECTIONS, check_budgets, eps_limit
 
 __all__ = [
     "DDPM_SCHEDULE",
@@ -29,6 +29,8 @@ __all__ = [
     "SCHEMA",
     "SECTIONS",
     "ConfigError",
+    "check_budgets",
+    "eps_limit",
     "Key",
     "Section",
     "describe_schema",

@@ -7,6 +7,7 @@ Everything a config says is in the data's own [0, 1] units: sigma, epsilon and r
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ __all__ = [
     "ISOLATION_MODES",
     "SECTIONS",
     "WHOLE_MODEL_SUFFIXES",
+    "check_budgets",
+    "eps_limit",
     "user_model_configured",
 ]
 
@@ -354,21 +357,118 @@ ATTACKS_SECTION = Section(
         "enabled": Key(
             choices(_attack_names),
             "attacks to run (each on the defences it applies to)",
-            ["pgd", "pgdl2", "art_pgd", "smoothadv", "bpda", "detector_evading"],
-            mnist5k=["pgd", "pgdl2", "eotpgd", "art_pgd", "smoothadv", "bpda", "detector_evading"],
+            ["pgd", "pgdl2", "art_pgd", "smoothadv", "bpda", "detector_evading", "autoattack"],
+            mnist5k=[
+                "pgd",
+                "pgdl2",
+                "eotpgd",
+                "art_pgd",
+                "smoothadv",
+                "bpda",
+                "detector_evading",
+                "autoattack",
+            ],
         ),
         "points": Key(integer(1), "test points attacked per defence", 100),
         "linf_eps": Key(
-            number_list(0, 1), "L-inf epsilon grid, in [0, 1] units", [0.1, 0.2], mnist5k=[0.1, 0.2, 0.3]
+            number_list(0, 1),
+            "L-inf epsilon grid, in [0, 1] units (at most 1, the data range's width)",
+            [0.1, 0.2],
+            mnist5k=[0.1, 0.2, 0.3],
         ),
         "l2_eps": Key(
-            number_list(0), "L2 epsilon grid, in [0, 1] units", [0.5, 1.0], mnist5k=[0.5, 1.0, 2.0]
+            number_list(0),
+            "L2 epsilon grid, in [0, 1] units (at most sqrt(d), d the input's size: checked with the data)",
+            [0.5, 1.0],
+            mnist5k=[0.5, 1.0, 2.0],
         ),
         "steps": Key(integer(1), "PGD steps of every attack", 10),
         "relative_step": Key(number(0, 10, open_low=True), "step size as a multiple of eps / steps", 2.5),
         "noise_samples": Key(integer(1), "m: noise draws per attack step on smoothed classifiers", 16),
         "eot_iter": Key(integer(1), "EOTPGD gradient samples per step", 2),
         "detector_weight": Key(number(0), "weight of the detector term of the detector-evading attack", 10.0),
+    },
+)
+
+
+def eps_limit(norm: str, dims: int, width: float = 1.0) -> float:
+    """The largest budget that can be meant for data of ``dims`` values in a range of ``width``: L-inf
+    ``width`` (a larger one allows nothing more), L2 ``sqrt(dims) * width`` (the diameter of the box). At
+    that budget every input in the box is reachable (the gradient-masking checklist's eps sweep)."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be one of 'linf', 'l2'; got {norm!r}")
+    return float(width) if norm == "linf" else math.sqrt(int(dims)) * float(width)
+
+
+def check_budgets(config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+    """Budgets that cannot be meant for this data (known once it is loaded), naming the key: an L2
+    epsilon above sqrt(d) times the data range's width (1) allows no perturbation that sqrt(d) does not."""
+    dims = math.prod(input_shape)
+    for norm in ("linf", "l2"):
+        key = f"attacks.{norm}_eps"
+        limit = eps_limit(norm, dims)
+        values = config["attacks"][f"{norm}_eps"]
+        if any(eps > limit + 1e-12 for eps in values):
+            where = (
+                "the data range's width" if norm == "linf" else f"sqrt({dims}) times the data range's width"
+            )
+            raise ConfigError(
+                key,
+                f"numbers in [0, {limit:g}]: a larger {norm} budget than {limit:g} ({where}) cannot be meant",
+                values,
+            )
+
+
+# -- autoattack --------------------------------------------------------------------------------------------
+AUTOATTACK = Section(
+    "autoattack",
+    {
+        "version": Key(
+            choice(("auto", "standard", "rand")),
+            "AutoAttack version: auto = standard on deterministic defences, rand on randomized ones",
+            "auto",
+        ),
+        "norms": Key(choices(("linf", "l2"), allow_empty=False), "norms AutoAttack runs in", ["linf", "l2"]),
+        "steps": Key(integer(1), "iterations of APGD-CE, APGD-T, APGD-DLR and FAB-T (reference: 100)", 100),
+        "square_queries": Key(integer(1), "queries of Square (reference: 5,000)", 5000),
+        "eot_iter": Key(
+            integer(1),
+            "rand version: gradient samples per step, one fresh noise draw each (reference: 20)",
+            20,
+        ),
+        "extra_restarts": Key(
+            integer(0), "further APGD-CE restarts for the checklist's more-restarts check (0: none)", 1
+        ),
+        "squeezer_gradient": Key(
+            choice(("bpda", "none")),
+            "how its gradient attacks pass feature squeezing's squeezer: bpda, or none (masked, for a demo)",
+            "bpda",
+        ),
+        "points": Key(integer(0), "at most this many of the points attacked per defence (0: all)", 50),
+        "sweep": Key(
+            boolean, "also run at the budget where every input is reachable (the checklist's eps sweep)", True
+        ),
+        "threads": Key(
+            integer(0), "torch CPU threads while it runs (0: run.threads); one is fastest on small models", 1
+        ),
+    },
+)
+
+
+# -- checklist ---------------------------------------------------------------------------------------------
+CHECKLIST = Section(
+    "checklist",
+    {
+        "level": Key(
+            number(0, 1, open_low=True, open_high=True),
+            "level of each exact test of the checklist and of AutoAttack against each single attack",
+            0.01,
+        ),
+        "sweep_ceiling": Key(
+            number(0, 1, open_high=True),
+            "eps sweep: flagged when significantly more than this fraction of points survive the last budget",
+            0.02,
+        ),
     },
 )
 
@@ -482,6 +582,8 @@ SECTIONS: tuple[Section, ...] = (
     ADVERSARIAL_TRAINING,
     FEATURE_SQUEEZING,
     ATTACKS_SECTION,
+    AUTOATTACK,
+    CHECKLIST,
     CERTIFICATE_CHECK,
     REPORT,
     STUDY,

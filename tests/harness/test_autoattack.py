@@ -23,9 +23,9 @@ from evaluations.attacks.autoattack import (
     AutoAttack,
     AutoAttackSettings,
     _Squeezed,
-    check_eps,
 )
 from evaluations.checklist import Outcome
+from evaluations.config import eps_limit
 from evaluations.data import load_dataset
 from evaluations.defences import PlainDefence, SmoothedDefence
 from evaluations.defences.feature_squeezing import squeezer, torch_squeeze
@@ -255,7 +255,7 @@ def test_feature_squeezing_module_with_and_without_bpda(digits, clean_model):
     assert gradients["none"].abs().max() == 0 and gradients["bpda"].abs().max() > 0
 
 
-def test_bad_settings_and_budgets_are_refused_naming_the_choices():
+def test_bad_settings_are_refused_naming_the_choices():
     with pytest.raises(
         ValueError, match=r"autoattack.version must be one of 'auto', 'standard', 'rand'; got 'plus'"
     ):
@@ -270,17 +270,8 @@ def test_bad_settings_and_budgets_are_refused_naming_the_choices():
     with pytest.raises(ValueError, match="runs in norms"):
         AutoAttack(AttackSettings()).check("l1", 0.1)
     with pytest.raises(ValueError, match=r"norm must be one of 'linf', 'l2'; got 'l1'"):
-        check_eps("attacks.l1_eps", "l1", [0.1], 64)
-    assert check_eps("attacks.linf_eps", "linf", [0.1, 1.0], 64) == [0.1, 1.0]
-    assert check_eps("attacks.l2_eps", "l2", [8.0], 64) == [8.0]
-    with pytest.raises(
-        ValueError, match=r"attacks.linf_eps: 8 cannot be meant.*above 1 \(the data range's width\)"
-    ):
-        check_eps("attacks.linf_eps", "linf", [0.1, 8], 64)
-    with pytest.raises(ValueError, match=r"attacks.l2_eps: 9.0 cannot be meant.*above 8 \(sqrt\(64\) times"):
-        check_eps("attacks.l2_eps", "l2", [9.0], 64)
-    with pytest.raises(ValueError, match=r"autoattack.l2_sweep: expected numbers in \[0, 28\]"):
-        check_eps("autoattack.l2_sweep", "l2", ["big"], 784)
+        eps_limit("l1", 64)
+    assert (eps_limit("linf", 64), eps_limit("l2", 64), eps_limit("l2", 784)) == (1.0, 8.0, 28.0)
 
 
 def test_probe_prices_every_component_of_a_unit(clean_model):

@@ -82,7 +82,10 @@ def test_empirical_rows_cover_every_unit_and_respect_budgets(tiny_run):
         assert int(row["correct"]) == int(row["predict"] == row["label"])
         assert int(row["abstained"]) == int(row["predict"] == "-1")
     smoothed_attacks = {r["attack"] for r in attacked if r["defence"] == "rs_sigma0.25"}
-    assert smoothed_attacks == {"pgd", "pgdl2", "eotpgd", "art_pgd", "smoothadv"}
+    assert smoothed_attacks == {"pgd", "pgdl2", "eotpgd", "art_pgd", "smoothadv", "autoattack"} | {
+        "autoattack/apgd-ce",
+        "autoattack/apgd-ce-restarts",
+    }
     squeezing_attacks = {r["attack"] for r in attacked if r["defence"] == "feature_squeezing"}
     assert {"bpda", "detector_evading"} <= squeezing_attacks
     assert {r["detected"] for r in attacked if r["defence"] == "feature_squeezing"} <= {"0", "1"}

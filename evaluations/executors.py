@@ -324,6 +324,7 @@ def evaluate_remotely(
     pending = {}
     for name, (pipeline, folder) in jobs.items():
         settings = {
+            "folder": str(folder),
             "config": pipeline.config,
             "cache_dir": str(pipeline.cache_dir),
             "notes": pipeline.notes,

@@ -27,6 +27,7 @@ one's full report) and ``<out>/leaderboard.md``, ``.tsv`` and ``.json`` (numbers
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -407,19 +408,28 @@ def evaluate_submission(
     check_code(fingerprints)
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="art-smoothing-submission-") as scratch:
-        folder, out = Path(scratch, "submission"), Path(scratch, "out")
-        unpack(submission, folder)
+        # The submission's own folder where this node sees it unchanged (this machine, a shared file
+        # system): its report then names the same paths as a local run's; else the copy that came along.
+        original = settings["folder"]
+        folder, out, config = Path(original), Path(scratch, "out"), copy.deepcopy(settings["config"])
+        if not folder.is_dir() or pack(folder) != submission:
+            folder = Path(scratch, "submission")
+            unpack(submission, folder)
+            for key in ("module", "weights"):  # the copy's paths in place of the original folder's
+                value = str(config["model"].get(key) or "")
+                if value.startswith(original + os.sep):
+                    config["model"][key] = str(folder) + value[len(original) :]
         unpack(previous, out)
         try:
             pipeline = Pipeline(
-                settings["config"],
+                config,
                 out,
                 cache_dir=settings["cache_dir"],
                 progress=False,
                 search_path=folder,
                 notes=settings["notes"],
                 isolation=settings["isolation"],
-                protected=[folder, out, *settings["protected"]],
+                protected=[out, *settings["protected"]],
             )
             pipeline.prepare()
             results = run_and_report(pipeline)

@@ -261,19 +261,29 @@ class Pipeline:
     def _run_units(self, units: list[Unit], bar: tqdm) -> list[dict[str, np.ndarray]]:
         return self.executor.run_units(self.store, units, bar.update)
 
-    def run_clean(self) -> None:
+    def _defence_chunks(
+        self, stage: str, function: Callable[..., dict[str, np.ndarray]], plan: list[tuple[Defence, int]]
+    ) -> tuple[list[Unit], list[tuple[Defence, np.ndarray, np.ndarray, int]]]:
+        """The units of a stage that applies ``function(defence, x_chunk, seed)`` to the first ``count``
+        test points of each ``(defence, count)`` of ``plan``, chunk by chunk, and how they group back:
+        ``(defence, index, labels, number of chunks)`` per defence."""
         size = self.config["run"]["chunk_size"]
         units, groups = [], []
-        for defence in self.defences:
-            index, x, y = self.points(self.attack_points(defence))
+        for defence, count in plan:
+            index, x, y = self.points(count)
             chunks = _chunks(len(index), size)
             groups.append((defence, index, y, len(chunks)))
             for start, stop in chunks:
-                key = self.unit_key(defence, stage="clean", start=start, stop=stop)
-                seed = self.seed("clean", defence.name, start)
+                key = self.unit_key(defence, stage=stage, start=start, stop=stop)
+                seed = self.seed(stage, defence.name, start)
                 units.append(
-                    Unit("clean", f"{defence.name}-{start}", key, _clean_unit, (defence, x[start:stop], seed))
+                    Unit(stage, f"{defence.name}-{start}", key, function, (defence, x[start:stop], seed))
                 )
+        return units, groups
+
+    def run_clean(self) -> None:
+        plan = [(defence, self.attack_points(defence)) for defence in self.defences]
+        units, groups = self._defence_chunks("clean", _clean_unit, plan)
         with self.stage("clean"), self._bar(len(units), "clean predictions") as bar:
             results = iter(self._run_units(units, bar))
             for defence, index, y, count in groups:
@@ -286,24 +296,8 @@ class Pipeline:
                 }
 
     def run_certify(self) -> None:
-        size = self.config["run"]["chunk_size"]
-        units, groups = [], []
-        for defence in (d for d in self.defences if d.smoothed):
-            index, x, y = self.points(defence.points)
-            chunks = _chunks(len(index), size)
-            groups.append((defence, index, y, len(chunks)))
-            for start, stop in chunks:
-                key = self.unit_key(defence, stage="certify", start=start, stop=stop)
-                seed = self.seed("certify", defence.name, start)
-                units.append(
-                    Unit(
-                        "certify",
-                        f"{defence.name}-{start}",
-                        key,
-                        _certify_unit,
-                        (defence, x[start:stop], seed),
-                    )
-                )
+        plan = [(defence, defence.points) for defence in self.defences if defence.smoothed]
+        units, groups = self._defence_chunks("certify", _certify_unit, plan)
         with self.stage("certify"), self._bar(len(units), "certify") as bar:
             results = iter(self._run_units(units, bar))
             for defence, index, y, count in groups:

@@ -159,9 +159,12 @@ def _probe(address: str, timeout_s: float) -> None:
         ) from None
 
 
-def package_fingerprint() -> str:
-    """A hash of this package's source files: driver and workers must run the same code."""
-    root = Path(__file__).resolve().parent
+def package_fingerprint(root: str | os.PathLike[str] | None = None) -> str:
+    """A hash of the source files of a package (this one by default): driver and workers must run the
+    same code.
+
+    :param root: the package's folder."""
+    root = Path(__file__).resolve().parent if root is None else Path(root)
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         digest.update(str(path.relative_to(root)).encode())

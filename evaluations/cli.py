@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .config import PRESETS, ConfigError, describe_schema, load_config_file, resolve_config
+from .executors import EXECUTORS
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -101,7 +102,9 @@ examples:
   {prog} run --config homework.toml --set smoothing.n=2000 --out results/me
   {prog} run --preset mnist5k --config homework.toml --dry-run
   {prog} run --submissions homework/ --out results/board   # instructor mode: one folder
-      per student, one report each and a leaderboard (docs/evaluation-harness.md, 'Instructor mode')"""
+      per student, one report each and a leaderboard (docs/evaluation-harness.md, 'Instructor mode')
+  {prog} run --preset mnist5k --executor ray --address 10.0.0.5:6379   # units of work as Ray tasks
+      on a cluster, the same files as --executor local (docs/scale-out.md)"""
 
 
 def _study_description(prog: str) -> str:
@@ -170,6 +173,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "submissions load without running code; code and .pt2 submissions run in a bubblewrap sandbox",
     )
     run.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="where units of work and model training run: local (this process) or ray (Ray tasks, the "
+        "driver writing every checkpoint; pip install 'art-smoothing-plugin[distributed]')",
+    )
+    run.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="with --executor ray: the cluster (HOST:PORT of its head, auto, ray://HOST:PORT); default a "
+        "local instance",
+    )
+    run.add_argument(
         "--trust-submissions",
         action="store_true",
         help="instructor mode on a machine without the sandbox: run code and .pt2 submissions in a plain "
@@ -232,6 +248,8 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(
             "--trust-submissions", "--submissions with it (the flag is for instructor mode)", show_got=False
         )
+    if args.address and args.executor != "ray":
+        raise ConfigError("--address", "used with --executor ray", args.address)
     if args.submissions:
         from .leaderboard import run_leaderboard
 
@@ -249,6 +267,8 @@ def _run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             trust_submissions=args.trust_submissions,
             protected=[args.config] if args.config else [],
+            executor=args.executor,
+            address=args.address,
         )
         print(f"leaderboard: {out / 'leaderboard.md'}")
         return 0
@@ -258,7 +278,14 @@ def _run(args: argparse.Namespace) -> int:
         from .pipeline import Pipeline
         from .report import run_and_report
 
-        pipeline = Pipeline(config, out, cache_dir=args.cache_dir, progress=not args.no_progress)
+        pipeline = Pipeline(
+            config,
+            out,
+            cache_dir=args.cache_dir,
+            progress=not args.no_progress,
+            executor=args.executor,
+            address=args.address,
+        )
         pipeline.prepare()
         run_and_report(pipeline)
         return out / "report.md"

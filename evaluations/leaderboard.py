@@ -27,6 +27,7 @@ one's full report) and ``<out>/leaderboard.md``, ``.tsv`` and ``.json`` (numbers
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,13 @@ from .storage import atomic_write_json, atomic_write_text
 from .submissions.formats import model_format
 from .submissions.sandbox import sandbox_support
 
-__all__ = ["Submission", "discover_submissions", "leaderboard_rows", "run_leaderboard"]
+__all__ = [
+    "Submission",
+    "discover_submissions",
+    "evaluate_submission",
+    "leaderboard_rows",
+    "run_leaderboard",
+]
 
 _ALLOWED = {"model": None, "smoothing": {"sigmas"}}
 _WEIGHT_SUFFIXES = (".onnx", ".pt2", ".pt", ".pth", ".safetensors")
@@ -295,6 +302,8 @@ def run_leaderboard(
     trust_submissions: bool = False,
     protected: Sequence[str | Path] = (),
     log=None,
+    executor: str = "local",
+    address: str | None = None,
 ) -> dict[str, dict[str, Any] | str]:
     """Validate every submission, run the valid ones, write the leaderboard; returns name -> results
     (or the error message of an invalid submission).
@@ -303,6 +312,11 @@ def run_leaderboard(
         plain worker process (rows marked TRUSTED) instead of refusing them.
     :param protected: further paths no submission may see (the instructor's configuration file); the
         submissions folder, ``out`` and the model cache are always protected.
+    :param executor: ``"ray"`` evaluates the valid submissions in parallel, one Ray task each
+        (:func:`evaluations.executors.evaluate_remotely`): the submission's folder (and its earlier
+        checkpoints) travel to the worker, its report folder comes back; one that fails is reported and
+        the others go on.
+    :param address: the Ray cluster (see :func:`art_smoothing_plugin.distributed.connect`).
     """
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     out = Path(out)
@@ -311,6 +325,7 @@ def run_leaderboard(
     reports: dict[str, dict[str, Any] | str] = {}
     details: dict[str, dict[str, str]] = {}
     pipelines: dict[str, Pipeline] = {}
+    folders: dict[str, Path] = {}
     for submission in discover_submissions(submissions_dir):
         details[submission.name] = {"format": submission.format, "isolation": ""}
         if submission.error:
@@ -340,6 +355,7 @@ def run_leaderboard(
             pipeline.prepare()
             pipeline.close()  # its worker starts again for the evaluation: one runs at a time
             pipelines[submission.name] = pipeline
+            folders[submission.name] = submission.folder
             log(f"submission {submission.name}: valid")
         except ConfigError as error:
             reports[submission.name] = f"invalid: {error}"
@@ -348,6 +364,17 @@ def run_leaderboard(
         for name in pipelines:
             reports[name] = "valid (dry run: not evaluated)"
         out.mkdir(parents=True, exist_ok=True)
+        _write(out, reports, details)
+        return reports
+    if executor == "ray":
+        from .executors import evaluate_remotely
+
+        jobs = {name: (pipeline, folders[name]) for name, pipeline in pipelines.items()}
+        for name, outcome in evaluate_remotely(jobs, address, evaluate_submission, log=log):
+            reports[name] = outcome
+            if isinstance(outcome, str):
+                log(f"submission {name}: FAILED: {outcome}")
+            _write(out, {n: reports.get(n, "pending") for n in [*reports, *pipelines]}, details)
         _write(out, reports, details)
         return reports
     for name, pipeline in pipelines.items():
@@ -362,6 +389,53 @@ def run_leaderboard(
         _write(out, {n: reports.get(n, "pending") for n in [*reports, *pipelines]}, details)
     _write(out, reports, details)
     return reports
+
+
+def evaluate_submission(
+    settings: dict[str, Any], submission: bytes, previous: bytes, fingerprints: dict, threads: int
+) -> tuple[str, bytes]:
+    """One submission's whole evaluation in a Ray worker, in a fresh temporary folder: its files and
+    earlier checkpoints unpacked there, the pipeline run locally (the submission's code in the sandbox its
+    isolation says), its report folder packed. Returns ``results.json``'s text and the report folder, or
+    ``""`` and the error message (UTF-8) when the evaluation failed."""
+    import json
+    import tempfile
+
+    import torch
+
+    from .executors import check_code, pack, unpack
+
+    check_code(fingerprints)
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="art-smoothing-submission-") as scratch:
+        # The submission's own folder where this node sees it unchanged (this machine, a shared file
+        # system): its report then names the same paths as a local run's; else the copy that came along.
+        original = settings["folder"]
+        folder, out, config = Path(original), Path(scratch, "out"), copy.deepcopy(settings["config"])
+        if not folder.is_dir() or pack(folder) != submission:
+            folder = Path(scratch, "submission")
+            unpack(submission, folder)
+            for key in ("module", "weights"):  # the copy's paths in place of the original folder's
+                value = str(config["model"].get(key) or "")
+                if value.startswith(original + os.sep):
+                    config["model"][key] = str(folder) + value[len(original) :]
+        unpack(previous, out)
+        try:
+            pipeline = Pipeline(
+                config,
+                out,
+                cache_dir=settings["cache_dir"],
+                progress=False,
+                search_path=folder,
+                notes=settings["notes"],
+                isolation=settings["isolation"],
+                protected=[out, *settings["protected"]],
+            )
+            pipeline.prepare()
+            results = run_and_report(pipeline)
+        except Exception as error:  # reported as this submission's row; the others go on
+            return "", f"failed during evaluation: {type(error).__name__}: {error}".encode()
+        return json.dumps(results, default=str), pack(out)
 
 
 def _isolation(submission: Submission, trust: bool) -> str:

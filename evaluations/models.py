@@ -19,6 +19,7 @@ a pickled whole model is refused with a hint on converting it to a state_dict.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -262,6 +263,15 @@ def batched_argmax(
     return np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
 
 
+def _train_job(
+    build: Callable[[], nn.Module], train: Callable[[nn.Module], dict[str, Any] | None], device: torch.device
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build and train one model (wherever the job runs); returns it on the CPU with its training info."""
+    model = build().to(device)
+    info = train(model) or {}
+    return model.cpu(), info
+
+
 # -- training recipes --------------------------------------------------------------------------------------
 def train_cross_entropy(
     model: nn.Module,
@@ -417,6 +427,9 @@ class ModelStore:
         self.events: list[dict[str, Any]] = []
         self._memory: dict[str, tuple[nn.Module, str]] = {}
         self._user: UserModel | None = None
+        #: Runs a training job (a function of nothing returning ``(model, info)``) and returns what it
+        #: returns: in this process by default; the pipeline's executor (a Ray task) when it has one.
+        self.run_training: Callable[[Callable[[], Any]], Any] = lambda job: job()
 
     @property
     def user_model(self) -> bool:
@@ -549,10 +562,8 @@ class ModelStore:
         if model is None:
             self.log(f"training {label} (cache key {key})")
             start = time.perf_counter()
-            model = build().to(self.device)
-            info = train(model) or {}
+            model, info = self.run_training(functools.partial(_train_job, build, train, self.device))
             seconds = time.perf_counter() - start
-            model = model.cpu()
             if save is not None:
                 atomic_writer(path, lambda temporary: save(model, temporary))
             else:

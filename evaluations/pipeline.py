@@ -33,6 +33,7 @@ from .attacks.smoothadv import SmoothAdv
 from .config import ConfigError, check_budgets
 from .data import Dataset, load_dataset
 from .defences import BuildContext, Defence, attack_points, build_defences
+from .executors import EXECUTORS, LocalExecutor, RayExecutor, Unit, make_executor
 from .models import DEFAULT_CACHE_DIR, ModelStore
 from .reproducibility import config_hash, derive_seed
 from .storage import WorkStore, atomic_write_json
@@ -112,6 +113,10 @@ class Pipeline:
     :param isolation: where a user's code or ``.pt2`` file runs (default: the config's
         ``isolation.mode``); instructor mode passes ``sandbox`` (or ``process`` when trusted).
     :param protected: paths a sandboxed user's model must not see (other submissions, results, ...).
+    :param executor: where the units of work and the model training run: ``"local"`` (this process),
+        ``"ray"`` (Ray tasks; :mod:`evaluations.executors`), or an executor object.
+    :param address: the Ray cluster for ``executor="ray"`` (``None``: the one this process is connected
+        to, else a local instance).
     """
 
     def __init__(
@@ -126,7 +131,15 @@ class Pipeline:
         notes: list[str] | None = None,
         isolation: str | None = None,
         protected: Sequence[Path] = (),
+        executor: str | LocalExecutor | RayExecutor = "local",
+        address: str | None = None,
     ) -> None:
+        if isinstance(executor, str) and executor not in EXECUTORS:
+            raise ConfigError("--executor", f"one of {', '.join(EXECUTORS)}", executor)
+        if address and executor != "ray":
+            raise ConfigError("--address", "used with --executor ray", address)
+        self.executor: LocalExecutor | RayExecutor = LocalExecutor() if executor == "local" else executor
+        self._executor_spec = (executor, address)
         self.config = config
         self.isolation = isolation
         self.protected = list(protected)
@@ -190,11 +203,39 @@ class Pipeline:
             isolation=self.isolation,
             protected=self.protected,
         )
+        if self._executor_spec[0] == "ray":
+            self.executor = self._connect(self._executor_spec[1])
+        self.models.run_training = self.executor.train
         if self.models.user_model:
-            self.models.load_user()
+            module, _ = self.models.load_user()
+            self.executor.check({"the model (model.module)": module})
         self.attacks = build_attacks(self.config)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.out_dir / "config.json", self.config)
+
+    def _connect(self, address: str | None) -> RayExecutor:
+        """The Ray executor, with the run's thread count per task (``run.threads``, else this process's)."""
+        try:
+            return make_executor(
+                "ray",
+                address,
+                threads=torch.get_num_threads(),
+                gpus=1.0 if self.device.type == "cuda" else 0.0,
+                log=self.log,
+            )
+        except ImportError as error:
+            raise ConfigError("--executor", "an installed executor", "ray", hint=str(error)) from None
+        except ConnectionError as error:
+            raise ConfigError(
+                "--address",
+                "the address of a running Ray cluster (HOST:PORT, auto, ray://HOST:PORT)",
+                address,
+                hint=str(error),
+            ) from None
+        except ValueError as error:
+            raise ConfigError(
+                "--address", "HOST:PORT, auto or ray://HOST:PORT", address, hint=str(error)
+            ) from None
 
     def points(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The first ``count`` test points of the fixed split (already shuffled and stratified)."""
@@ -212,6 +253,13 @@ class Pipeline:
                 self.dataset, self.config, self.models, self.device, self.progress, self.log
             )
             self.defences = build_defences(context)
+        # Before any unit runs: everything the tasks need must travel (names the one that cannot).
+        self.executor.check(
+            {
+                **{f"defence {d.name!r}": d for d in self.defences},
+                **{f"attack {a.name!r}": a for a in self.attacks},
+            }
+        )
         for event in self.models.events:
             self.log(f"model {event['name']}: {event['status']} ({event['seconds']:.1f} s)")
 
@@ -225,26 +273,36 @@ class Pipeline:
             **extra,
         }
 
-    def run_clean(self) -> None:
+    def _run_units(self, units: list[Unit], bar: tqdm) -> list[dict[str, np.ndarray]]:
+        return self.executor.run_units(self.store, units, bar.update)
+
+    def _defence_chunks(
+        self, stage: str, function: Callable[..., dict[str, np.ndarray]], plan: list[tuple[Defence, int]]
+    ) -> tuple[list[Unit], list[tuple[Defence, np.ndarray, np.ndarray, int]]]:
+        """The units of a stage that applies ``function(defence, x_chunk, seed)`` to the first ``count``
+        test points of each ``(defence, count)`` of ``plan``, chunk by chunk, and how they group back:
+        ``(defence, index, labels, number of chunks)`` per defence."""
         size = self.config["run"]["chunk_size"]
-        units = [
-            (d, c) for d in self.defences for c in _chunks(len(self.points(self.attack_points(d))[0]), size)
-        ]
+        units, groups = [], []
+        for defence, count in plan:
+            index, x, y = self.points(count)
+            chunks = _chunks(len(index), size)
+            groups.append((defence, index, y, len(chunks)))
+            for start, stop in chunks:
+                key = self.unit_key(defence, stage=stage, start=start, stop=stop)
+                seed = self.seed(stage, defence.name, start)
+                units.append(
+                    Unit(stage, f"{defence.name}-{start}", key, function, (defence, x[start:stop], seed))
+                )
+        return units, groups
+
+    def run_clean(self) -> None:
+        plan = [(defence, self.attack_points(defence)) for defence in self.defences]
+        units, groups = self._defence_chunks("clean", _clean_unit, plan)
         with self.stage("clean"), self._bar(len(units), "clean predictions") as bar:
-            for defence in self.defences:
-                index, x, y = self.points(self.attack_points(defence))
-                parts = []
-                for start, stop in _chunks(len(index), size):
-
-                    def compute(start=start, stop=stop, defence=defence, x=x) -> dict[str, np.ndarray]:
-                        seed = self.seed("clean", defence.name, start)
-                        predictions = defence.predict(x[start:stop], seed=seed)
-                        detected = defence.detect(x[start:stop])
-                        return {"predict": predictions, "detected": _detected(detected, stop - start)}
-
-                    key = self.unit_key(defence, stage="clean", start=start, stop=stop)
-                    parts.append(self.store.fetch("clean", f"{defence.name}-{start}", key, compute))
-                    bar.update()
+            results = iter(self._run_units(units, bar))
+            for defence, index, y, count in groups:
+                parts = [next(results) for _ in range(count)]
                 self.data.clean[defence.name] = {
                     "idx": index,
                     "label": y,
@@ -253,34 +311,12 @@ class Pipeline:
                 }
 
     def run_certify(self) -> None:
-        size = self.config["run"]["chunk_size"]
-        smoothed = [d for d in self.defences if d.smoothed]
-        units = sum(len(_chunks(len(self.points(d.points)[0]), size)) for d in smoothed)
-        with self.stage("certify"), self._bar(units, "certify") as bar:
-            for defence in smoothed:
-                index, x, y = self.points(defence.points)
-                parts = []
-                for start, stop in _chunks(len(index), size):
-
-                    def compute(start=start, stop=stop, defence=defence, x=x) -> dict[str, np.ndarray]:
-                        begin = time.perf_counter()
-                        result = defence.certify(
-                            x[start:stop], seed=self.seed("certify", defence.name, start)
-                        )
-                        seconds = time.perf_counter() - begin
-                        return {
-                            "time": apportion_seconds(seconds, result.samples_used),
-                            "labels": result.labels,
-                            "radii": result.radii,
-                            "p_lower": result.p_lower,
-                            "candidates": result.candidates,
-                            "counts_top": result.counts_top,
-                            "samples_used": result.samples_used,
-                        }
-
-                    key = self.unit_key(defence, stage="certify", start=start, stop=stop)
-                    parts.append(self.store.fetch("certify", f"{defence.name}-{start}", key, compute))
-                    bar.update()
+        plan = [(defence, defence.points) for defence in self.defences if defence.smoothed]
+        units, groups = self._defence_chunks("certify", _certify_unit, plan)
+        with self.stage("certify"), self._bar(len(units), "certify") as bar:
+            results = iter(self._run_units(units, bar))
+            for defence, index, y, count in groups:
+                parts = [next(results) for _ in range(count)]
                 self.data.certified[defence.name] = {
                     "idx": index,
                     "label": y,
@@ -315,46 +351,31 @@ class Pipeline:
 
     def run_attacks(self) -> None:
         plan = self.attack_plan()
-        units = sum(len(self._unit_chunks(job)) for job in plan)
-        with self.stage("attacks"), self._bar(units, "attacks") as bar:
-            for job in plan:
+        units, groups = [], []
+        for job in plan:
+            defence, attack, norm, eps = job.defence, job.attack, job.norm, job.eps
+            index, x, y = self.points(job.points)
+            part_names = list(attack.parts(defence))
+            chunks = self._unit_chunks(job)
+            groups.append((job, index, y, len(chunks)))
+            for start, stop in chunks:
+                unit = f"{defence.name}-{attack.name}-{norm}-{eps:g}-{start}"
+                key = self.unit_key(
+                    defence, stage="attack", attack=attack.identity(norm), eps=eps, start=start, stop=stop
+                )
+                # Every seed is drawn here on the driver, so a unit computes the same on any worker.
+                predict_seeds = {
+                    name: self.seed("predict", f"{unit}/{name}" if name else unit)
+                    for name in ["", *part_names]
+                }
+                seed = self.seed("attack", defence.name, attack.name, norm, eps, start)
+                args = (defence, attack, x[start:stop], y[start:stop], norm, eps, seed, predict_seeds)
+                units.append(Unit("attacks", unit, key, _attack_unit, args))
+        with self.stage("attacks"), self._bar(len(units), "attacks") as bar:
+            results = iter(self._run_units(units, bar))
+            for job, index, y, count in groups:
                 defence, attack, norm, eps = job.defence, job.attack, job.norm, job.eps
-                index, x, y = self.points(job.points)
-                part_names = list(attack.parts(defence))
-                chunks = []
-                for start, stop in self._unit_chunks(job):
-                    unit = f"{defence.name}-{attack.name}-{norm}-{eps:g}-{start}"
-
-                    def compute(
-                        start=start,
-                        stop=stop,
-                        defence=defence,
-                        attack=attack,
-                        norm=norm,
-                        eps=eps,
-                        x=x,
-                        y=y,
-                        unit=unit,
-                        part_names=part_names,
-                    ):
-                        seed = self.seed("attack", defence.name, attack.name, norm, eps, start)
-                        output = attack.perturb_detailed(
-                            defence, x[start:stop], y[start:stop], norm=norm, eps=eps, seed=seed
-                        )
-                        result = self._judge(defence, x[start:stop], output.adversarial, unit)
-                        result["seconds"] = np.array([sum(output.seconds.values())])
-                        for name, seconds in output.seconds.items():
-                            result[f"seconds.{name}"] = np.array([seconds])
-                        for name in part_names:
-                            judged = self._judge(defence, x[start:stop], output.parts[name], f"{unit}/{name}")
-                            result.update({f"part.{name}.{k}": v for k, v in judged.items()})
-                        return result
-
-                    key = self.unit_key(
-                        defence, stage="attack", attack=attack.identity(norm), eps=eps, start=start, stop=stop
-                    )
-                    chunks.append(self.store.fetch("attacks", unit, key, compute))
-                    bar.update()
+                chunks = [next(results) for _ in range(count)]
                 common = {"defence": defence.name, "norm": norm, "eps": eps, "idx": index, "label": y}
                 components = {
                     name.split(".", 1)[1]: float(sum(float(c[name][0]) for c in chunks))
@@ -395,17 +416,6 @@ class Pipeline:
                         }
                     )
 
-    def _judge(self, defence: Defence, x: np.ndarray, adversarial: np.ndarray, unit: str) -> dict[str, Any]:
-        """The defence's verdict on attacked inputs (PREDICT with fresh noise of the unit's own seed for a
-        smoothed defence), its detector's, and the perturbations' sizes."""
-        l2, linf = _distances(x, adversarial)
-        return {
-            "predict": defence.predict(adversarial, seed=self.seed("predict", unit)),
-            "detected": _detected(defence.detect(adversarial), len(x)),
-            "l2_distance": l2,
-            "linf_distance": linf,
-        }
-
     def run_certificate_check(self) -> None:
         """Attack every certified point among the first ``certificate_check.points`` points certified of
         each smoothed defence that is attacked at all (``attack_points`` > 0) with SmoothAdv at
@@ -430,46 +440,40 @@ class Pipeline:
             attempted = min(section["points"], len(certified["labels"]))
             chosen = np.flatnonzero(certified["labels"][:attempted] != -1)
             jobs.append((defence, chosen, attempted))
-        units = sum(len(_chunks(len(chosen), size)) for _, chosen, _ in jobs)
-        with self.stage("certificate_check"), self._bar(units, "certificate check") as bar:
-            for defence, chosen, attempted in jobs:
+        units, groups = [], []
+        for defence, chosen, attempted in jobs:
+            certified = self.data.certified[defence.name]
+            x = self.dataset.x_test[certified["idx"][chosen]]
+            target = certified["labels"][chosen]
+            budget = section["radius_factor"] * certified["radii"][chosen]
+            chunks = _chunks(len(chosen), size)
+            groups.append((defence, chosen, attempted, target, budget, len(chunks)))
+            for start, stop in chunks:
+                unit = f"{defence.name}-{start}"
+                key = self.unit_key(
+                    defence,
+                    stage="certificate_check",
+                    check={k: section[k] for k in ("steps", "radius_factor")},
+                    attack=attack.identity("l2"),
+                    targets=config_hash(target[start:stop].tolist()),
+                    budgets=config_hash(np.round(budget[start:stop], 10).tolist()),
+                )
+                args = (
+                    defence,
+                    attack,
+                    x[start:stop],
+                    target[start:stop],
+                    budget[start:stop],
+                    section["steps"],
+                    self.seed("check", defence.name, start),
+                    self.seed("check-predict", unit),
+                )
+                units.append(Unit("certificate_check", unit, key, _check_unit, args))
+        with self.stage("certificate_check"), self._bar(len(units), "certificate check") as bar:
+            results = iter(self._run_units(units, bar))
+            for defence, chosen, attempted, target, budget, count in groups:
                 certified = self.data.certified[defence.name]
-                x = self.dataset.x_test[certified["idx"][chosen]]
-                target = certified["labels"][chosen]
-                budget = section["radius_factor"] * certified["radii"][chosen]
-                parts = []
-                for start, stop in _chunks(len(chosen), size):
-                    unit = f"{defence.name}-{start}"
-
-                    def compute(
-                        start=start, stop=stop, defence=defence, x=x, target=target, budget=budget, unit=unit
-                    ):
-                        seed = self.seed("check", defence.name, start)
-                        adversarial = attack.perturb(
-                            defence,
-                            x[start:stop],
-                            target[start:stop],
-                            norm="l2",
-                            eps=budget[start:stop],
-                            seed=seed,
-                            steps=section["steps"],
-                        )
-                        l2, _ = _distances(x[start:stop], adversarial)
-                        return {
-                            "predict": defence.predict(adversarial, seed=self.seed("check-predict", unit)),
-                            "l2_distance": l2,
-                        }
-
-                    key = self.unit_key(
-                        defence,
-                        stage="certificate_check",
-                        check={k: section[k] for k in ("steps", "radius_factor")},
-                        attack=attack.identity("l2"),
-                        targets=config_hash(target[start:stop].tolist()),
-                        budgets=config_hash(np.round(budget[start:stop], 10).tolist()),
-                    )
-                    parts.append(self.store.fetch("certificate_check", unit, key, compute))
-                    bar.update()
+                parts = [next(results) for _ in range(count)]
                 predictions = _concat(parts, "predict", np.int64) if parts else np.zeros(0, np.int64)
                 self.data.checks[defence.name] = {
                     "idx": certified["idx"][chosen],
@@ -499,6 +503,79 @@ class Pipeline:
         """Stop the worker of a user's model, if it has one (a later stage would open it again)."""
         if self.models is not None:
             self.models.release_user()
+        self.executor.close()
+
+
+# -- units of work: module-level functions of their arguments alone (so that they can run anywhere) ------
+def _clean_unit(defence: Defence, x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    return {"predict": defence.predict(x, seed=seed), "detected": _detected(defence.detect(x), len(x))}
+
+
+def _certify_unit(defence: Defence, x: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    begin = time.perf_counter()
+    result = defence.certify(x, seed=seed)
+    seconds = time.perf_counter() - begin
+    return {
+        "time": apportion_seconds(seconds, result.samples_used),
+        "labels": result.labels,
+        "radii": result.radii,
+        "p_lower": result.p_lower,
+        "candidates": result.candidates,
+        "counts_top": result.counts_top,
+        "samples_used": result.samples_used,
+    }
+
+
+def _judge(defence: Defence, x: np.ndarray, adversarial: np.ndarray, predict_seed: int) -> dict[str, Any]:
+    """The defence's verdict on attacked inputs (PREDICT with fresh noise of the unit's own seed for a
+    smoothed defence), its detector's, and the perturbations' sizes."""
+    l2, linf = _distances(x, adversarial)
+    return {
+        "predict": defence.predict(adversarial, seed=predict_seed),
+        "detected": _detected(defence.detect(adversarial), len(x)),
+        "l2_distance": l2,
+        "linf_distance": linf,
+    }
+
+
+def _attack_unit(
+    defence: Defence,
+    attack: Attack,
+    x: np.ndarray,
+    y: np.ndarray,
+    norm: str,
+    eps: float,
+    seed: int,
+    predict_seeds: dict[str, int],
+) -> dict[str, np.ndarray]:
+    """One chunk of one attack job: the attack (and, for a composite attack such as AutoAttack, each of its
+    parts) judged by the defence, with the seconds each part took. ``predict_seeds[""]`` judges the attack,
+    ``predict_seeds[part]`` each part."""
+    output = attack.perturb_detailed(defence, x, y, norm=norm, eps=eps, seed=seed)
+    result = _judge(defence, x, output.adversarial, predict_seeds[""])
+    result["seconds"] = np.array([sum(output.seconds.values())])
+    for name, seconds in output.seconds.items():
+        result[f"seconds.{name}"] = np.array([seconds])
+    for name in predict_seeds:
+        if name:
+            judged = _judge(defence, x, output.parts[name], predict_seeds[name])
+            result.update({f"part.{name}.{k}": v for k, v in judged.items()})
+    return result
+
+
+def _check_unit(
+    defence: Defence,
+    attack: Attack,
+    x: np.ndarray,
+    target: np.ndarray,
+    budget: np.ndarray,
+    steps: int,
+    seed: int,
+    predict_seed: int,
+) -> dict[str, np.ndarray]:
+    adversarial = attack.perturb(defence, x, target, norm="l2", eps=budget, seed=seed, steps=steps)
+    l2, _ = _distances(x, adversarial)
+    return {"predict": defence.predict(adversarial, seed=predict_seed), "l2_distance": l2}
 
 
 def apportion_seconds(seconds: float, samples: np.ndarray) -> np.ndarray:

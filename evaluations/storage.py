@@ -113,18 +113,34 @@ class WorkStore:
     ) -> dict[str, np.ndarray]:
         """The arrays of this unit: from its checkpoint if one exists, else ``compute()``d, written
         atomically and returned. Records a ``computed`` or ``reused`` event."""
-        path = self.path(stage, unit, key)
-        if path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as archive:
-                    arrays = {name: archive[name] for name in archive.files}
-                self._record(stage, unit, "reused", 0.0, path)
-                return arrays
-            except (OSError, ValueError):  # unreadable (e.g. written by another version): recompute
-                pass
+        arrays = self.load(stage, unit, key)
+        if arrays is not None:
+            return arrays
         start = time.perf_counter()
-        arrays = {name: np.asarray(value) for name, value in compute().items()}
-        seconds = time.perf_counter() - start
+        computed = compute()
+        return self.save(stage, unit, key, computed, time.perf_counter() - start)
+
+    def load(self, stage: str, unit: str, key: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+        """The arrays of this unit's checkpoint (recording a ``reused`` event), or ``None`` when there is
+        none (or it cannot be read, e.g. written by another version: the unit is then recomputed)."""
+        path = self.path(stage, unit, key)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError):
+            return None
+        self._record(stage, unit, "reused", 0.0, path)
+        return arrays
+
+    def save(
+        self, stage: str, unit: str, key: Mapping[str, Any], computed: Mapping[str, Any], seconds: float
+    ) -> dict[str, np.ndarray]:
+        """Write a computed unit's checkpoint atomically (recording a ``computed`` event); returns its
+        arrays as a later :meth:`load` gives them."""
+        path = self.path(stage, unit, key)
+        arrays = {name: np.asarray(value) for name, value in computed.items()}
         arrays["_seconds"] = np.asarray(seconds)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -173,17 +172,16 @@ def test_one_query_budget_for_all_replicas(ray_session) -> None:
         remote, num_workers=2, cpus_per_worker=0.5, shard_size=4, progress=False
     ) as pool:
         result = pool.certify_detailed(x, seed=4, **options)
-    assert_same(result, local)
-    assert remote._query_fn.query_count == server.inputs_seen - seen > nominal  # the 503s were counted
-    assert remote.query_count == nominal == result.extras["queries"]
-    # A budget of exactly the nominal need: the retries push the call past it, and the replicas together
-    # stop there. (Each replica holds the whole budget in its own copy: on its own budget each would spend
-    # its half plus retries, about 1.33x the budget in all, and never be refused.)
-    budgeted = http_estimator(server.url, nominal)
-    seen = server.inputs_seen
-    with DistributedSmoothing(
-        budgeted, num_workers=2, cpus_per_worker=0.5, shard_size=4, progress=False
-    ) as pool:
+        assert_same(result, local)
+        assert remote._query_fn.query_count == server.inputs_seen - seen > nominal  # the 503s were counted
+        assert remote.query_count == nominal == result.extras["queries"]
+        # A budget of exactly the nominal need, held by the driver's estimator (the budgets a call obeys
+        # are the driver's: the replicas charge its ledger, whatever their own copies say): the retries push
+        # the call past it, and the replicas together stop there. On their own budgets, each replica would
+        # spend its half plus retries, about 1.33x the budget in all, and never be refused.
+        budgeted = http_estimator(server.url, nominal)
+        pool.estimator = budgeted
+        seen = server.inputs_seen
         with pytest.raises(QueryBudgetExceeded, match="budget"):
             pool.certify_detailed(x, seed=4, **options)
         assert server.inputs_seen - seen <= nominal
@@ -191,7 +189,7 @@ def test_one_query_budget_for_all_replicas(ray_session) -> None:
         # What remains is known on the driver: a call needing more is refused before anything is sent.
         before = server.inputs_seen
         with pytest.raises(QueryBudgetExceeded, match="nothing was queried"):
-            pool.certify_detailed(x, seed=5, **options)
+            pool.certify_detailed(x, seed=4, **options)
         assert server.inputs_seen == before
     server.httpd.shutdown()
 
@@ -297,33 +295,15 @@ def test_a_model_from_a_file_reaches_the_workers_by_value(ray_session, tmp_path:
         del sys.modules[spec.name]
 
 
-def test_an_unreachable_address_fails_within_the_timeout_naming_it() -> None:
-    # In a fresh process (this one is connected to the test instance already).
-    script = (
-        "import json, time\n"
-        "from art_smoothing_plugin.distributed import connect\n"
-        "out = {}\n"
-        "for address, timeout in (('127.0.0.1:9', 5.0), ('10.255.255.1:6379', 2.0), ('no-port', 1.0)):\n"
-        "    start = time.monotonic()\n"
-        "    try:\n"
-        "        connect(address, timeout_s=timeout)\n"
-        "        out[address] = ['connected', 0.0]\n"
-        "    except Exception as error:\n"
-        "        out[address] = [f'{type(error).__name__}: {error}', time.monotonic() - start]\n"
-        "print(json.dumps(out))\n"
-    )
-    completed = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    outcome = json.loads(completed.stdout.strip().splitlines()[-1])
-    for address, timeout in (("127.0.0.1:9", 5.0), ("10.255.255.1:6379", 2.0)):
-        message, seconds = outcome[address]
-        assert message.startswith("ConnectionError") and repr(address) in message
-        assert seconds < timeout + 3.0
-    message, _ = outcome["no-port"]
-    assert message.startswith("ValueError") and "HOST:PORT" in message
+def test_an_address_nothing_answers_or_of_the_wrong_form_is_refused_naming_it() -> None:
+    # The probe connect() runs before Ray's own attempts (this process is connected already, so connect
+    # itself would return at once; tests/distributed/test_harness.py runs it from the command line).
+    from art_smoothing_plugin.distributed import _probe
+
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=r"'127\.0\.0\.1:9' within 5 s"):
+        _probe("127.0.0.1:9", 5.0)
+    assert time.monotonic() - start < 5.0
+    for bad in ("no-port", "host:", "host:99999"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            _probe(bad, 1.0)

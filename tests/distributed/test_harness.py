@@ -40,6 +40,11 @@ SMALL = [
 TIMING_COLUMNS = {"time"}
 
 
+def is_timing(name: str) -> bool:
+    """A checkpoint array that holds wall-clock time: the unit's, an attack's and its components'."""
+    return name in ("_seconds", "seconds", *TIMING_COLUMNS) or name.startswith("seconds.")
+
+
 def small_config(*extra: str) -> dict:
     return resolve_config("quick", None, [*SMALL, *extra], None)
 
@@ -56,9 +61,7 @@ def unit_arrays(out: Path) -> dict[str, dict[str, np.ndarray]]:
     arrays = {}
     for path in sorted((out / "checkpoints").rglob("*.npz")):
         with np.load(path) as archive:
-            arrays[path.name] = {
-                k: archive[k] for k in archive.files if k not in ("_seconds", *TIMING_COLUMNS)
-            }
+            arrays[path.name] = {k: archive[k] for k in archive.files if not is_timing(k)}
     return arrays
 
 

@@ -34,7 +34,7 @@ from .schema import CHECK_COLUMNS, EMPIRICAL_COLUMNS, SCHEMA_VERSION
 from .storage import atomic_write_json, atomic_write_text
 from .submissions.formats import FORMATS
 
-__all__ = ["run_and_report", "summarise", "worst_case", "write_report"]
+__all__ = ["run_and_report", "run_colours", "summarise", "training_methods", "worst_case", "write_report"]
 
 
 def _floats(values: Any) -> list[float]:
@@ -464,23 +464,32 @@ def write_tables(pipeline: Pipeline) -> list[Path]:
     return written
 
 
+def run_colours(defences: list[Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """THE colour map of a run's plots (:func:`evaluations.plots.defence_colours` of every defence, in the
+    run's order) and the marker shapes that go with it. A run comparing training methods
+    (``smoothing.training`` with several) gives every randomized smoothing defence of one method the
+    method's colour, and each sigma its own marker shape (where the sigmas of a method share a chart);
+    otherwise each defence has its own colour and the markers are the plots' defaults (empty map)."""
+    from . import plots
+
+    compared = len({d.training for d in defences if d.training}) > 1
+    groups = {d.name: f"training {d.training}" for d in defences if compared and d.training}
+    colours = plots.defence_colours([d.name for d in defences], groups=groups)
+    sigmas = sorted({d.sigma for d in defences if d.name in groups})
+    shapes = plots.MARKER_SHAPES
+    markers = {d.name: shapes[sigmas.index(d.sigma) % len(shapes)] for d in defences if d.name in groups}
+    return colours, markers
+
+
 def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
-    """The three PNG plots (through :mod:`evaluations.plots`), every one coloured by the one colour map
-    of the run (:func:`evaluations.plots.defence_colours` of every defence, in the run's order); returns
-    name -> path."""
+    """The PNG plots (through :mod:`evaluations.plots`), every one coloured by the one colour map of the
+    run (:func:`run_colours`); a run comparing training methods draws its certified accuracy one chart
+    per sigma. Returns name -> path."""
     from . import plots
 
     out = pipeline.out_dir / "plots"
     compared = len(training_methods(results)) > 1
-    # Comparing training methods: one colour per method (every sigma of it), in every plot.
-    groups = {d.name: f"training {d.training}" for d in pipeline.defences if compared and d.training}
-    colours = plots.defence_colours([d.name for d in pipeline.defences], groups=groups)
-    # ... and one marker shape per sigma, so the sigmas of a method stay apart where they share a chart
-    sigmas = sorted({d.sigma for d in pipeline.defences if d.name in groups})
-    shapes = plots.MARKER_SHAPES
-    markers = {
-        d.name: shapes[sigmas.index(d.sigma) % len(shapes)] for d in pipeline.defences if d.name in groups
-    }
+    colours, markers = run_colours(pipeline.defences)
     written: dict[str, Path] = {}
     curves = []
     not_attacked = []

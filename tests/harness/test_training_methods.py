@@ -324,3 +324,25 @@ def test_the_dry_run_prices_each_methods_passes():
     for method, passes in expected.items():
         for sigma in (0.25, 0.5):
             assert rows[f"{method}-sigma{sigma}"]["backward"] == passes * per_sample
+
+
+def test_the_dry_run_of_the_training_preset_plans_every_method_and_sigma(tmp_path, capsys):
+    from evaluations.cli import main
+
+    threads = torch.get_num_threads()
+    try:
+        assert main(["run", "--preset", "training", "--dry-run", "--cache-dir", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the preset sets run.threads = 1
+    out = capsys.readouterr().out
+    per_sample = 20 * 4000  # epochs x training inputs of the mnist5k split
+    passes = {"gaussian": 1, "smoothadv": 4 * 5, "macer": 16, "consistency": 2, "smoothmix": 4 * 6}
+    for sigma, suffix in ((0.25, "0.25"), (0.5, "0.5"), (1.0, "1")):
+        for method, count in passes.items():
+            assert f"| train | {method}-sigma{sigma} (to train) | 1 | | {count * per_sample:,} |" in out
+            name = f"rs_sigma{suffix}" if method == "gaussian" else f"rs_{method}_sigma{suffix}"
+            assert f"| certify | {name} | 1 | 210,000 |" in out  # 100 points x (100 + 2,000)
+    attacks = [line for line in out.splitlines() if line.startswith("| attacks |")]
+    assert len(attacks) == 15 and all(line.endswith("| 0 | 0 | 0 | 0 |") for line in attacks)  # no attacks
+    assert "| certificate_check |" not in out
+    assert not any(tmp_path.iterdir())  # nothing trained or written

@@ -423,7 +423,9 @@ def certificate_check_figure(
     positive = [v for v in rates + uppers + references if v > 0]
     floor = min(positive) / 10.0 if positive else 1e-4
     palette = _colour_map(colours, defences)
-    figure = Figure(figsize=(max(5.0, 1.3 * len(rows) + 2.0), 4.4))
+    # room for each bar's name under it (about 0.075 inch per character at font size 8)
+    per_bar = max(1.3, 0.075 * max(len(name) for name in defences))
+    figure = Figure(figsize=(max(5.0, per_bar * len(rows) + 2.0), 4.4))
     axes = figure.add_subplot(1, 1, 1)
     positions = np.arange(len(rows))
     heights = [max(r, floor) for r in rates]

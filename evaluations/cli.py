@@ -74,7 +74,8 @@ Run '{prog} <command> -h' for a command's options. Docs: docs/evaluation-harness
 def _run_description(prog: str) -> str:
     return f"""\
 Run the evaluation pipeline: data -> models -> defences -> clean -> certify -> attacks -> certificate
-check -> report. The defences (defences.enabled): undefended, randomized_smoothing (one per sigma),
+check -> report. The defences (defences.enabled): undefended, randomized_smoothing (one per sigma and
+training method of smoothing.training: gaussian, smoothadv, macer, consistency, smoothmix),
 denoised_smoothing (DnCNN/MemNet), diffusion_smoothing (a DDPM as one-shot denoiser; certified, attacked
 only with diffusion.attack_points > 0), adversarial_training_linf/_l2 and feature_squeezing. Trained models
 are cached (--cache-dir); rerunning the same command with the same --out resumes where it stopped.
@@ -99,6 +100,8 @@ always sandboxes code and .pt2 submissions (docs/homework.md).
 examples:
   {prog} run                  # the quick preset (digits), into results/quick/
   {prog} run --preset mnist5k --limit 20   # the whole pipeline on 20 points per stage
+  {prog} run --preset training --dry-run   # five training methods for smoothing compared on MNIST-5k
+  {prog} run --set 'smoothing.training=["gaussian", "consistency"]'   # two training methods side by side
   {prog} run --config homework.toml --set smoothing.n=2000 --out results/me
   {prog} run --preset mnist5k --config homework.toml --dry-run
   {prog} run --submissions homework/ --out results/board   # instructor mode: one folder

@@ -362,7 +362,8 @@ def dry_run(config: dict[str, Any], cache_dir: str | Path | None = None) -> str:
         f"| setup | validation, imports, figures | | | | {fixed:.0f} |",
     ]
     for row in training_rows:
-        seconds = row.get("seconds", row["backward"] * backward) if row["status"] == "to train" else 0.0
+        priced = row["backward"] * costs(row.get("batch", 1000))[1]
+        seconds = row.get("seconds", priced) if row["status"] == "to train" else 0.0
         total += seconds
         lines.append(
             f"| train | {row['name']} ({row['status']}) | 1 | | {row['backward']:,} | {seconds:.0f} |"
@@ -452,7 +453,9 @@ def _training_plan(config: dict[str, Any], store: ModelStore) -> list[dict[str, 
     if {"undefended", "feature_squeezing", "denoised_smoothing", "diffusion_smoothing"} & set(enabled):
         recipes.append(("clean", {}, 1))
     if "randomized_smoothing" in enabled:
-        recipes += [("gaussian", {"sigma": s}, 1) for s in config["smoothing"]["sigmas"]]
+        for _name, sigma, method in DEFENCE_KINDS["randomized_smoothing"].instances(config):
+            recipe, params = store.smoothing_recipe(method, sigma)
+            recipes.append((recipe, params, _training_passes(config, method)))
     section = config["adversarial_training"]
     for norm in ("linf", "l2"):
         if f"adversarial_training_{norm}" in enabled:
@@ -467,11 +470,30 @@ def _training_plan(config: dict[str, Any], store: ModelStore) -> list[dict[str, 
         spec = store.training_spec(recipe, **params)
         cached = any(store.cache_dir.glob(f"*-{config_hash(spec)}.pt"))
         label = recipe + "".join(f"-{k}{v}" for k, v in sorted(params.items()) if k in ("sigma", "norm"))
+        # MACER's forward passes take every draw of a batch at once; the others about batch_size samples
+        batch = spec["batch_size"] * (passes if recipe == "macer" else 1)
         rows.append(
             {
                 "name": label,
                 "status": "cached" if cached else "to train",
                 "backward": spec["epochs"] * train * passes,
+                "batch": batch,
             }
         )
     return rows
+
+
+def _training_passes(config: dict[str, Any], method: str) -> int:
+    """Forward+backward passes of the base model per training input per epoch of a training method of
+    :mod:`art_smoothing_plugin.training` with the run's hyper-parameters: Gaussian augmentation 1;
+    Consistency its m draws; MACER its k draws; SmoothAdv m (T + 1) (T attack steps on the m draws, then
+    the loss on them); SmoothMix m (T + 2) (T steps, then the clean side's and the mixed point's loss)."""
+    from .config.sections import training_method
+
+    chosen = training_method(config, method)
+    draws = chosen.noise_draws
+    if method == "smoothadv":
+        return draws * (chosen.num_steps + 1) if chosen.epsilon > 0 else draws
+    if method == "smoothmix":
+        return draws * (chosen.num_steps + 2)
+    return draws

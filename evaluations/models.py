@@ -1,9 +1,11 @@
 """Models stage: classifiers the harness trains (cached on disk by a hash of their configuration) and
 users' models (``module:attribute`` plus a weights file).
 
-Harness-trained models are small CNNs from :mod:`evaluations.zoo`, trained with one of three recipes:
+Harness-trained models are small CNNs from :mod:`evaluations.zoo`, trained with one of these recipes:
 ``clean``; ``gaussian`` (Gaussian noise augmentation at sigma, through
-:meth:`RandomizedSmoothingClassifier.fit`); ``madry`` (PGD adversarial training through ART's trainer, in
+:meth:`RandomizedSmoothingClassifier.fit`); ``smoothadv``, ``macer``, ``consistency`` and ``smoothmix``
+(the training methods of :mod:`art_smoothing_plugin.training` at sigma, with their hyper-parameters from
+``smoothing.training_params``); ``madry`` (PGD adversarial training through ART's trainer, in
 :mod:`evaluations.adversarial_training`). Each is saved as a ``state_dict`` under
 ``<cache_dir>/<name>-<hash>.pt`` beside a ``.json`` that records its configuration; a later run with the
 same configuration loads it instead of training. Loading always uses ``torch.load(weights_only=True)``.
@@ -34,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .config.sections import user_model_configured
+from .config.sections import training_method, user_model_configured
 from .data import Dataset
 from .reproducibility import config_hash, derive_seed
 from .storage import atomic_write_json, atomic_writer
@@ -382,10 +384,39 @@ def _train_madry(
     model.eval()
 
 
+def _train_for_smoothing(
+    model: nn.Module, dataset: Dataset, spec: dict, device: torch.device, progress: bool
+) -> None:
+    """SmoothAdv, MACER, Consistency or SmoothMix (``spec["recipe"]``) at ``spec["sigma"]`` with the
+    hyper-parameters ``spec["hyper"]``, through :func:`art_smoothing_plugin.training.train`: Adam, the
+    run's epochs, batch size and learning rate, noise in [0, 1] units, every adversarial or mixed point
+    clipped to [0, 1]."""
+    from art_smoothing_plugin.training import make_training_method, train
+
+    train(
+        make_training_method(spec["recipe"], **spec["hyper"]),
+        model,
+        dataset.x_train,
+        dataset.y_train,
+        sigma=spec["sigma"],
+        optimizer=torch.optim.Adam(model.parameters(), lr=spec["learning_rate"]),
+        nb_epochs=spec["epochs"],
+        batch_size=spec["batch_size"],
+        clip_values=(0.0, 1.0),
+        num_classes=spec["nb_classes"],
+        seed=spec["seed"],
+        progress=progress,
+    )
+
+
+#: The recipes by name. ``gaussian`` is Gaussian augmentation through the estimator's ``fit`` (as it has
+#: always been, so its cached models keep their keys); the other training methods of
+#: :mod:`art_smoothing_plugin.training` train through its ``train``.
 RECIPES: dict[str, Callable[..., None]] = {
     "clean": _train_clean,
     "gaussian": _train_gaussian,
     "madry": _train_madry,
+    **{name: _train_for_smoothing for name in ("smoothadv", "macer", "consistency", "smoothmix")},
 }
 
 
@@ -502,9 +533,27 @@ class ModelStore:
             spec["warmup_epochs"] = self.config["adversarial_training"]["warmup_epochs"]
         return spec
 
+    def smoothing_recipe(self, method: str, sigma: float) -> tuple[str, dict[str, Any]]:
+        """``(recipe, params)`` of the base classifier of randomized smoothing at ``sigma`` trained with
+        ``method`` (a name of :mod:`art_smoothing_plugin.training`): Gaussian augmentation is the
+        ``gaussian`` recipe with ``sigma`` alone (its cache key as before there were methods); the others
+        carry every hyper-parameter (the run's ``smoothing.training_params`` over the papers' defaults),
+        so that a change of any of them is another model."""
+        if method == "gaussian":
+            return "gaussian", {"sigma": sigma}
+        hyper = training_method(self.config, method).params()
+        return method, {"sigma": sigma, "hyper": hyper}
+
+    def smoothing_classifier(self, method: str, sigma: float) -> tuple[nn.Module, str]:
+        """The base classifier of randomized smoothing at ``sigma`` trained with ``method`` (see
+        :meth:`smoothing_recipe`), or the user's model; returns ``(module, key)``."""
+        recipe, params = self.smoothing_recipe(method, sigma)
+        return self.classifier(recipe, **params)
+
     def classifier(self, recipe: str, **params: Any) -> tuple[nn.Module, str]:
-        """A classifier trained with ``recipe`` (``clean``, ``gaussian`` with ``sigma``, ``madry`` with
-        ``norm``, ``eps``, ``eps_step``, ``steps``), or the user's model; returns ``(module, key)``."""
+        """A classifier trained with ``recipe`` (``clean``, ``gaussian`` with ``sigma``, a training method
+        with ``sigma`` and ``hyper``, ``madry`` with ``norm``, ``eps``, ``eps_step``, ``steps``), or the
+        user's model; returns ``(module, key)``."""
         if self.user_model:
             return self.load_user()
         if recipe not in RECIPES:
@@ -522,6 +571,21 @@ class ModelStore:
             return {"clean_test_accuracy": self._accuracy(model)}
 
         return self.cached(label, spec, build, train)
+
+    def training_seconds(self, key: str) -> float | None:
+        """Wall-clock seconds the model of cache key ``key`` took to train: this run's, or those recorded
+        beside the cached file when it was trained (None when unknown, e.g. a user's model)."""
+        for event in self.events:
+            if event["key"] != key or event["status"] not in ("trained", "cached"):
+                continue
+            if event["status"] == "trained":
+                return float(event["seconds"])
+            try:
+                record = json.loads(Path(event["path"]).with_suffix(".json").read_text())
+                return float(record["seconds"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        return None
 
     def _accuracy(self, model: nn.Module) -> float:
         labels = batched_argmax(model, self.dataset.x_test, self.device)

@@ -22,6 +22,7 @@ from matplotlib.ticker import NullFormatter
 
 __all__ = [
     "CURVE_STYLES",
+    "MARKER_SHAPES",
     "attack_strength_figure",
     "certificate_check_figure",
     "certified_accuracy_figure",
@@ -54,14 +55,18 @@ _ALERT = "#d62728"
 _NORM_NAMES = {"l2": "L2", "2": "L2", "linf": "L∞", "inf": "L∞"}
 
 
-def defence_colours(names: Sequence[str]) -> dict[str, str]:
+def defence_colours(names: Sequence[str], groups: Mapping[str, str] | None = None) -> dict[str, str]:
     """THE colour map of a report: one colour per defence name, in the order given (cycling after ten).
 
     The report builds it once from every defence of the run, in the run's order, and passes it to every
     plot, so a defence has one colour in every figure of a run (and in every run with the same defences).
-    Plot functions called without a map build one from the names they draw."""
-    ordered = list(dict.fromkeys(str(name) for name in names))
-    return {name: _PALETTE[i % len(_PALETTE)] for i, name in enumerate(ordered)}
+    Plot functions called without a map build one from the names they draw. ``groups`` maps names to a
+    group whose members share one colour (a run comparing training methods: every sigma of a method);
+    a group takes its colour where its first member comes in the order."""
+    groups = groups or {}
+    keys = [groups.get(str(name), f"defence {name}") for name in names]
+    colour_of = {key: _PALETTE[i % len(_PALETTE)] for i, key in enumerate(dict.fromkeys(keys))}
+    return {str(name): colour_of[key] for name, key in zip(names, keys, strict=True)}
 
 
 def _colour_map(colours: Mapping[str, str] | None, names: Sequence[str]) -> dict[str, str]:
@@ -207,9 +212,14 @@ def plot_robust_accuracy(
     title: str = "Robust accuracy under attack",
     *,
     colours: Mapping[str, str] | None = None,
+    markers: Mapping[str, str] | None = None,
 ) -> Path:
     """Write :func:`robust_accuracy_figure` to ``path`` (PNG) and return the path."""
-    return _save(robust_accuracy_figure(series, title, colours=colours), path)
+    return _save(robust_accuracy_figure(series, title, colours=colours, markers=markers), path)
+
+
+#: Marker shapes that tell apart defences of one colour (e.g. the sigmas of one training method).
+MARKER_SHAPES = ("o", "s", "^", "v", "D", "P", "X", "*")
 
 
 def robust_accuracy_figure(
@@ -217,13 +227,15 @@ def robust_accuracy_figure(
     title: str = "Robust accuracy under attack",
     *,
     colours: Mapping[str, str] | None = None,
+    markers: Mapping[str, str] | None = None,
 ) -> Figure:
     """Every defence's robust accuracy against epsilon, one chart per norm.
 
     ``series[norm][defence] = (eps, accuracy)``, norm ``"l2"`` or ``"linf"``; one subplot per norm side by
     side. Each measured value is a marker; thin dotted lines only join a defence's markers so the eye can
     follow it (the figure says so). A defence has the colour ``colours`` gives it (see
-    :func:`defence_colours`) in both charts. Accuracy is a fraction in [0, 1].
+    :func:`defence_colours`) in both charts, and the marker shape ``markers`` gives it (default a dot:
+    shapes tell apart defences that share a colour). Accuracy is a fraction in [0, 1].
     """
     figure, panels, palette = _norm_panels(series, colours, legend_width=1.8)
     for norm, axes in panels:
@@ -234,7 +246,7 @@ def robust_accuracy_figure(
                 xs,
                 100.0 * ys,
                 linestyle="none",
-                marker="o",
+                marker=(markers or {}).get(defence, "o"),
                 markersize=5,
                 color=palette[defence],
                 label=defence,
@@ -293,9 +305,10 @@ def plot_attack_strength(
     *,
     colours: Mapping[str, str] | None = None,
     flagged: Sequence[str] = (),
+    markers: Mapping[str, str] | None = None,
 ) -> Path:
     """Write :func:`attack_strength_figure` to ``path`` (PNG) and return the path."""
-    return _save(attack_strength_figure(series, colours=colours, flagged=flagged), path)
+    return _save(attack_strength_figure(series, colours=colours, flagged=flagged, markers=markers), path)
 
 
 def attack_strength_figure(
@@ -303,6 +316,7 @@ def attack_strength_figure(
     *,
     colours: Mapping[str, str] | None = None,
     flagged: Sequence[str] = (),
+    markers: Mapping[str, str] | None = None,
 ) -> Figure:
     """AutoAttack against the other attacks, and its eps sweep, one chart per norm.
 
@@ -310,7 +324,8 @@ def attack_strength_figure(
     sweep's unbounded budget) and ``"others"`` to the worst case of the other attacks at the grid's budgets.
     AutoAttack's values are filled markers, the others' open ones, each a measured value (thin lines only
     join a defence's markers); the x axis is logarithmic so that the grid and the unbounded budget both
-    show. Defences in ``flagged`` (the checklist flagged them) are named so in the legend."""
+    show. Defences in ``flagged`` (the checklist flagged them) are named so in the legend; ``markers``
+    gives a defence its marker shape (default a dot), as in :func:`robust_accuracy_figure`."""
     figure, panels, palette = _norm_panels(series, colours, legend_width=2.4)
     for norm, axes in panels:
         for defence, curves in series[norm].items():
@@ -326,7 +341,7 @@ def attack_strength_figure(
                     xs[keep],
                     100.0 * ys[keep],
                     linestyle="none",
-                    marker="o",
+                    marker=(markers or {}).get(defence, "o"),
                     fillstyle=fill,
                     markersize=6,
                     color=colour,
@@ -408,7 +423,9 @@ def certificate_check_figure(
     positive = [v for v in rates + uppers + references if v > 0]
     floor = min(positive) / 10.0 if positive else 1e-4
     palette = _colour_map(colours, defences)
-    figure = Figure(figsize=(max(5.0, 1.3 * len(rows) + 2.0), 4.4))
+    # room for each bar's name under it (about 0.075 inch per character at font size 8)
+    per_bar = max(1.3, 0.075 * max(len(name) for name in defences))
+    figure = Figure(figsize=(max(5.0, per_bar * len(rows) + 2.0), 4.4))
     axes = figure.add_subplot(1, 1, 1)
     positions = np.arange(len(rows))
     heights = [max(r, floor) for r in rates]

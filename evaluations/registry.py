@@ -31,6 +31,9 @@ class DefenceKind:
     :ivar trains_classifier: whether it trains its own classifier (then it cannot take a user's model).
     :ivar section: smoothed kinds: the config section holding ``sigmas``, ``points``, ``n``, ``n0``.
     :ivar name_format: the instance name, formatted with ``sigma`` (and the config section's keys).
+    :ivar variants: the key of its section that lists variants built at every sigma (randomized
+        smoothing: ``training``, the training methods); the instances of :attr:`default_variant` keep
+        :attr:`name_format`, the others are named by :attr:`variant_format` (with ``variant``).
     """
 
     name: str
@@ -41,6 +44,9 @@ class DefenceKind:
     requires: str = ""
     section: str = ""
     name_format: str = ""
+    variants: str = ""
+    default_variant: str = ""
+    variant_format: str = ""
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     def available(self) -> bool:
@@ -55,12 +61,27 @@ class DefenceKind:
                 self._cache["ok"] = False
         return self._cache["ok"]
 
+    def instance_name(self, config: dict[str, Any], sigma: float, variant: str = "") -> str:
+        """The name of this smoothed kind's defence at ``sigma`` (and ``variant``, e.g. a training method:
+        the default variant's keep the plain name)."""
+        section = config[self.section]
+        if not variant or variant == self.default_variant:
+            return self.name_format.format(sigma=sigma, **section)
+        return self.variant_format.format(sigma=sigma, variant=variant, **section)
+
+    def instances(self, config: dict[str, Any]) -> list[tuple[str, float | None, str]]:
+        """``(name, sigma, variant)`` of the defences this kind builds under ``config``, in the order it
+        builds them: sigma by sigma, every variant at a sigma side by side (``variant`` is "" for kinds
+        without variants)."""
+        if not self.smoothed:
+            return [(self.name_format or self.name, None, "")]
+        section = config[self.section]
+        variants = section[self.variants] if self.variants else [""]
+        return [(self.instance_name(config, s, v), s, v) for s in section["sigmas"] for v in variants]
+
     def instance_names(self, config: dict[str, Any]) -> list[tuple[str, float | None]]:
         """``(name, sigma)`` of the defences this kind builds under ``config`` (without building them)."""
-        if not self.smoothed:
-            return [(self.name_format or self.name, None)]
-        section = config[self.section]
-        return [(self.name_format.format(sigma=s, **section), s) for s in section["sigmas"]]
+        return [(name, sigma) for name, sigma, _ in self.instances(config)]
 
 
 #: Every registered defence kind, by name (the names ``defences.enabled`` accepts).
@@ -81,10 +102,14 @@ for _kind in (
     DefenceKind(
         "randomized_smoothing",
         ".smoothing:build_randomized_smoothing",
-        "Cohen et al. randomized smoothing of a Gaussian-noise-trained classifier, one per sigma",
+        "Cohen et al. randomized smoothing of a classifier trained for it (Gaussian augmentation, or the "
+        "methods of smoothing.training), one per (method, sigma)",
         smoothed=True,
         section="smoothing",
         name_format="rs_sigma{sigma:g}",
+        variants="training",
+        default_variant="gaussian",
+        variant_format="rs_{variant}_sigma{sigma:g}",
     ),
     DefenceKind(
         "denoised_smoothing",

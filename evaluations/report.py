@@ -34,7 +34,7 @@ from .schema import CHECK_COLUMNS, EMPIRICAL_COLUMNS, SCHEMA_VERSION
 from .storage import atomic_write_json, atomic_write_text
 from .submissions.formats import FORMATS
 
-__all__ = ["run_and_report", "summarise", "worst_case", "write_report"]
+__all__ = ["run_and_report", "run_colours", "summarise", "training_methods", "worst_case", "write_report"]
 
 
 def _floats(values: Any) -> list[float]:
@@ -102,6 +102,11 @@ def summarise(pipeline: Pipeline) -> dict[str, Any]:
     defences: dict[str, Any] = {}
     for defence in pipeline.defences:
         entry: dict[str, Any] = {"kind": defence.kind, "sigma": defence.sigma, "smoothed": defence.smoothed}
+        if defence.training is not None:
+            entry["training"] = defence.training
+            models = pipeline.models
+            key = defence.identity.get("model")
+            entry["training_seconds"] = models.training_seconds(key) if models and key else None
         clean = data.clean.get(defence.name)
         if clean is not None and len(clean["label"]):
             entry["clean_accuracy"] = metrics.accuracy(clean["predict"], clean["label"])
@@ -276,15 +281,30 @@ def _gaps(data: Any, defence: Any, eps_values: list[float]) -> list[dict[str, An
     return gaps
 
 
+def _smoothing_family(defence: Any) -> str:
+    """The defences whose sigmas an envelope chooses among: one smoothing kind, and for randomized
+    smoothing one training method (``randomized_smoothing`` for Gaussian augmentation, as always;
+    ``randomized_smoothing:<method>`` for another)."""
+    if defence.training in (None, "gaussian"):
+        return defence.kind
+    return f"{defence.kind}:{defence.training}"
+
+
+def training_methods(results: dict[str, Any]) -> list[str]:
+    """The training methods of the run's randomized smoothing defences, in the run's order."""
+    return list(dict.fromkeys(e["training"] for e in results["defences"].values() if e.get("training")))
+
+
 def _envelopes(pipeline: Pipeline, grid: np.ndarray) -> dict[str, Any]:
-    """Best-sigma-per-radius envelope of each smoothing kind with several sigmas: the optimistic one
+    """Best-sigma-per-radius envelope of each smoothing kind (and training method) with several sigmas:
+    the optimistic one
     (max over sigma at level alpha, labelled so) and the alpha/k-corrected one (each sigma's certificates
     recomputed from the same counts at alpha / k, so all hold jointly at level alpha)."""
     envelopes: dict[str, Any] = {}
     by_kind: dict[str, list[Any]] = {}
     for defence in pipeline.defences:
         if defence.smoothed and defence.name in pipeline.data.certified:
-            by_kind.setdefault(defence.kind, []).append(defence)
+            by_kind.setdefault(_smoothing_family(defence), []).append(defence)
     for kind, members in by_kind.items():
         if len(members) < 2 or len({len(pipeline.data.certified[d.name]["label"]) for d in members}) != 1:
             continue
@@ -444,14 +464,32 @@ def write_tables(pipeline: Pipeline) -> list[Path]:
     return written
 
 
+def run_colours(defences: list[Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """THE colour map of a run's plots (:func:`evaluations.plots.defence_colours` of every defence, in the
+    run's order) and the marker shapes that go with it. A run comparing training methods
+    (``smoothing.training`` with several) gives every randomized smoothing defence of one method the
+    method's colour, and each sigma its own marker shape (where the sigmas of a method share a chart);
+    otherwise each defence has its own colour and the markers are the plots' defaults (empty map)."""
+    from . import plots
+
+    compared = len({d.training for d in defences if d.training}) > 1
+    groups = {d.name: f"training {d.training}" for d in defences if compared and d.training}
+    colours = plots.defence_colours([d.name for d in defences], groups=groups)
+    sigmas = sorted({d.sigma for d in defences if d.name in groups})
+    shapes = plots.MARKER_SHAPES
+    markers = {d.name: shapes[sigmas.index(d.sigma) % len(shapes)] for d in defences if d.name in groups}
+    return colours, markers
+
+
 def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
-    """The three PNG plots (through :mod:`evaluations.plots`), every one coloured by the one colour map
-    of the run (:func:`evaluations.plots.defence_colours` of every defence, in the run's order); returns
-    name -> path."""
+    """The PNG plots (through :mod:`evaluations.plots`), every one coloured by the one colour map of the
+    run (:func:`run_colours`); a run comparing training methods draws its certified accuracy one chart
+    per sigma. Returns name -> path."""
     from . import plots
 
     out = pipeline.out_dir / "plots"
-    colours = plots.defence_colours([d.name for d in pipeline.defences])
+    compared = len(training_methods(results)) > 1
+    colours, markers = run_colours(pipeline.defences)
     written: dict[str, Path] = {}
     curves = []
     not_attacked = []
@@ -467,6 +505,8 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
         reason = entry.get("not_attacked")
         if reason:
             not_attacked.append(f"{name}: {reason}")
+        # Comparing training methods: one chart per sigma, the methods side by side in each.
+        panel = {"panel": f"σ = {entry['sigma']:g}"} if compared else {}
         curves.append(
             {
                 "label": f"{name} certified" + (f" ({reason})" if reason else ""),
@@ -474,6 +514,7 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
                 "accuracy": accuracy,
                 "style": "solid",
                 "group": name,
+                **panel,
             }
         )
         worst = entry["empirical"].get("l2", {}).get("worst_case")
@@ -485,6 +526,7 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
                     "accuracy": [entry.get("clean_accuracy", float("nan")), *worst["accuracy"]],
                     "style": "points",
                     "group": name,
+                    **panel,
                 }
             )
     if curves:
@@ -511,6 +553,7 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
             out / "robust_accuracy.png",
             title="Robust accuracy under the strongest attack per point",
             colours=colours,
+            markers=markers,
         )
     strength: dict[str, dict[str, dict[str, tuple[list[float], list[float]]]]] = {}
     for name, entry in results["defences"].items():
@@ -526,6 +569,7 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
             out / "attack_strength.png",
             colours=colours,
             flagged=flagged,
+            markers=markers,
         )
     rows = []
     for name, entry in results["defences"].items():
@@ -612,6 +656,61 @@ def _fewer_points_note(results: dict[str, Any]) -> str:
         + ", ".join(sorted(fewer))
         + "); the worst case is over the points every attack covered."
     )
+
+
+def _training_lines(results: dict[str, Any]) -> list[str]:
+    """The training methods side by side (a run comparing several, ``smoothing.training``): ACR and
+    certified accuracy per (sigma, method), the best ACR at each sigma in bold, and each model's training
+    time. Nothing for a run with one method."""
+    methods = training_methods(results)
+    if len(methods) < 2:
+        return []
+    config = results["config"]
+    grid = config["report"]["radius_grid"]
+    model = config["model"]
+    by_sigma: dict[float, dict[str, tuple[str, dict[str, Any]]]] = {}
+    for name, entry in results["defences"].items():
+        if entry.get("training") and "certified" in entry:
+            by_sigma.setdefault(entry["sigma"], {})[entry["training"]] = (name, entry)
+    params = config["smoothing"]["training_params"]
+    settings = "; ".join(
+        f"{m}: " + (", ".join(f"{k} = {v}" for k, v in params[m].items()) if params.get(m) else "defaults")
+        for m in methods
+    )
+    lines = [
+        "",
+        "## Training methods compared",
+        "",
+        f"Randomized smoothing of the same architecture ({model['architecture']}) trained at each σ by each "
+        f"method of `smoothing.training` (art_smoothing_plugin.training; model.epochs = {model['epochs']}, "
+        f"batch {model['batch_size']}, Adam at {model['learning_rate']:g}), certified on the same "
+        "points. Hyper-parameters beyond the papers' defaults (`smoothing.training_params`): "
+        f"{settings}. The largest ACR at each σ is in bold; it is that σ's best at level α alone (picking "
+        "it after the fact is optimistic: the selection above corrects for that).",
+        "",
+        "| σ | method | defence | points | "
+        + " | ".join(f"r={r:g}" for r in grid)
+        + " | ACR | training (s) |",
+        "|---|---|---|---|" + "---|" * len(grid) + "---|---|",
+    ]
+    for sigma in sorted(by_sigma):
+        row = by_sigma[sigma]
+        best = max(entry["certified"]["acr"] for _, entry in row.values())
+        for method in methods:
+            if method not in row:
+                continue
+            name, entry = row[method]
+            c = entry["certified"]
+            acr = f"{c['acr']:.3f}"
+            seconds = entry.get("training_seconds")
+            lines.append(
+                f"| {sigma:g} | {method} | {name} | {c['points']} | "
+                + " | ".join(_pct(a) for a in c["accuracy"])
+                + f" | {f'**{acr}**' if c['acr'] == best else acr} | "
+                + ("–" if seconds is None else f"{seconds:.1f}")
+                + " |"
+            )
+    return lines
 
 
 def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, Path]) -> str:
@@ -705,6 +804,7 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
             + ", ".join(f"{n}: {e['certified']['max_certifiable_radius']:.2f}" for n, e in smoothed.items())
             + ".",
         ]
+        lines += _training_lines(results)
     lines += ["", "## Empirical robust accuracy (%) under attack", ""]
     lines.append(
         "Each cell: accuracy under that attack at that ε. 'worst case' counts a point as robust only if it "

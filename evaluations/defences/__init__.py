@@ -75,6 +75,10 @@ class Defence:
         self.model = model
         self.identity = {"name": name, "kind": kind, **identity}
         self.sigma: float | None = None
+        #: randomized smoothing: the training method of the base classifier (a name of
+        #: :mod:`art_smoothing_plugin.training`); None for other kinds. Not part of ``identity``: the
+        #: model's key already says it.
+        self.training: str | None = None
 
     def predict(self, x: np.ndarray, *, seed: int) -> np.ndarray:
         """Predicted labels of ``x`` (``-1`` where the defence abstains)."""

@@ -62,12 +62,17 @@ def smoothed_defence(
 
 
 def build_randomized_smoothing(context: BuildContext) -> list[SmoothedDefence]:
+    """One defence per (sigma, training method of ``smoothing.training``), sigma by sigma with the methods
+    side by side: the base classifier trained at that sigma with that method (cached by its recipe and
+    hyper-parameters), smoothed at that sigma. Gaussian augmentation's keep the name ``rs_sigma<s>``;
+    another method's are ``rs_<method>_sigma<s>``."""
     from art_smoothing_plugin import RandomizedSmoothingClassifier
 
     settings = context.config["smoothing"]
+    kind = DEFENCE_KINDS["randomized_smoothing"]
     defences = []
-    for sigma in settings["sigmas"]:
-        model, key = context.models.classifier("gaussian", sigma=sigma)
+    for name, sigma, method in kind.instances(context.config):
+        model, key = context.models.smoothing_classifier(method, sigma)
         estimator = RandomizedSmoothingClassifier(
             model,
             input_shape=context.dataset.input_shape,
@@ -81,20 +86,20 @@ def build_randomized_smoothing(context: BuildContext) -> list[SmoothedDefence]:
             batch_size=settings["batch_size"],
             seed=context.config["run"]["seed"],
         )
-        defences.append(
-            smoothed_defence(
-                context,
-                DEFENCE_KINDS["randomized_smoothing"].name_format.format(sigma=sigma),
-                "randomized_smoothing",
-                estimator,
-                model,
-                {"model": key},
-                sigma,
-                n=settings["n"],
-                n0=settings["n0"],
-                points=settings["points"],
-            )
+        defence = smoothed_defence(
+            context,
+            name,
+            "randomized_smoothing",
+            estimator,
+            model,
+            {"model": key},
+            sigma,
+            n=settings["n"],
+            n0=settings["n0"],
+            points=settings["points"],
         )
+        defence.training = method
+        defences.append(defence)
     return defences
 
 

@@ -135,8 +135,9 @@ def test_the_docs_table_of_keys_is_the_generated_one():
 
 def test_a_key_is_defined_once_with_its_value_in_every_preset():
     key = Key(integer(1), "test points", 100, mnist5k=500)
-    assert [key.value(p) for p in PRESET_NAMES] == [100, 500]
+    assert [key.value(p) for p in PRESET_NAMES] == [100, 500, 500]  # training: as mnist5k unless it differs
     assert Key(integer(1), "test points", 100).value("mnist5k") == 100  # as quick unless it differs
+    assert Key(integer(1), "test points", 100, mnist5k=500, training=50).value("training") == 50
     for section in SECTIONS:  # the presets are generated from the sections' keys, nothing else
         for name in PRESET_NAMES:
             assert PRESETS[name][section.name] == {k: spec.value(name) for k, spec in section.keys.items()}

@@ -96,3 +96,29 @@ def test_certified_mask_needs_a_correct_non_abstaining_label_at_the_radius(diffu
     rec = {"labels": [3, -1, 3, 3], "radii": [0.6, 0.9, 0.4, 0.7], "correct": [True, True, True, False]}
     assert diffusion_mnist.certified_mask(rec, 0.5).tolist() == [True, False, False, False]
     assert np.isclose(diffusion_mnist.certified_accuracy(rec, 0.0), 0.5)
+
+
+def test_the_autoattack_table_puts_pgd_and_autoattack_side_by_side_on_the_same_points():
+    table = load("autoattack_table")
+
+    def row(attack, accuracy, weaker=False):
+        return {
+            "norm": "linf",
+            "eps": 0.1,
+            "attack": attack,
+            "points": 25,
+            "accuracy_attack": accuracy,
+            "accuracy_autoattack": 0.4,
+            "weaker": weaker,
+        }
+
+    audit = {
+        "autoattack": [row("pgd", 0.52), row("art_pgd", 0.36, weaker=True)],
+        "flags": [{"message": "m"}],
+        "checks": [{}, {}, {}],
+    }
+    results = {"defences": {"madry": {"audit": audit}, "clean_only": {}}}
+    lines = table.rows(results)
+    assert "| madry | linf | 0.1 | 25 | 52 | 40 | 36 (art_pgd) | art_pgd |" in lines
+    assert "| madry | 1 of 3 |" in lines
+    assert not any(line.startswith("| clean_only") for line in lines)

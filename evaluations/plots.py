@@ -49,6 +49,15 @@ _PALETTE = (
     "#7f7f7f",  # grey
     "#bcbd22",  # olive
     "#393b79",  # navy
+    # Beyond ten (mnist5k runs eleven defences): darker and lighter shades unlike the ten above.
+    "#000000",  # black
+    "#637939",  # dark olive green
+    "#8c6d31",  # dark gold
+    "#7b4173",  # plum
+    "#ffbb78",  # light orange
+    "#98df8a",  # light green
+    "#9edae5",  # light cyan
+    "#c5b0d5",  # lavender
 )
 #: Flagged checks and allowed rates.
 _ALERT = "#d62728"
@@ -56,7 +65,8 @@ _NORM_NAMES = {"l2": "L2", "2": "L2", "linf": "L∞", "inf": "L∞"}
 
 
 def defence_colours(names: Sequence[str], groups: Mapping[str, str] | None = None) -> dict[str, str]:
-    """THE colour map of a report: one colour per defence name, in the order given (cycling after ten).
+    """THE colour map of a report: one colour per defence name, in the order given (distinct up to
+    eighteen, then cycling).
 
     The report builds it once from every defence of the run, in the run's order, and passes it to every
     plot, so a defence has one colour in every figure of a run (and in every run with the same defences).

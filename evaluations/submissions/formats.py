@@ -88,6 +88,21 @@ def _relative(path: Path, folder: Path, key: str, spec: str) -> str:
     return str(resolved.relative_to(root))
 
 
+def _own_model_folder(fmt: str, target: str, weights: Path, isolation: str) -> Path:
+    """The folder a user's own model (not a submission) runs from in a worker: the one holding its code
+    file, or its ``.pt2`` file. The worker sees that folder only, so the weights must lie in it too."""
+    if fmt == "torch_export":
+        return weights.resolve().parent
+    if not target.endswith(".py"):
+        raise LoadError(
+            "model.module",
+            f"a file path ('path/to/model.py:Class') when isolation.mode is {isolation!r} (the worker "
+            "sees only the folder holding that file)",
+            target,
+        )
+    return Path(target).expanduser().resolve().parent
+
+
 def open_model(
     model_config: dict[str, Any],
     input_shape: Sequence[int],
@@ -132,12 +147,16 @@ def open_model(
             )
             load_weights_into(model, weights, spec)
         return OpenedModel(model, fmt, "none", "in the evaluator's process (code the user trusts)")
-    if folder is None:
-        raise ValueError("a worker needs the submission's folder")
     target, _, attribute = spec.rpartition(":")
+    submission_folder = folder
+    if folder is None:  # a user's own model in a worker: the worker sees the folder its files are in
+        folder = _own_model_folder(fmt, target, weights, isolation)
+        relative_weights = _relative(weights, folder, "model.weights", str(weights))
     module_spec = spec
     if target.endswith(".py"):
-        code = Path(target) if Path(target).is_absolute() else folder / target
+        code = Path(target).expanduser()
+        if not code.is_absolute():  # a submission's path is relative to its folder, the user's to here
+            code = code.resolve() if submission_folder is None else folder / code
         module_spec = f"{_relative(code, folder, 'model.module', spec)}:{attribute}"
     worker_spec = {
         "format": fmt,

@@ -166,3 +166,13 @@ def test_bad_input_is_refused(tmp_path, call, message):
     with pytest.raises(ValueError, match=message):
         call(tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_every_defence_of_the_largest_preset_has_its_own_colour():
+    # mnist5k runs eleven defences; a palette of ten gave the first and the eleventh the same colour.
+    names = [f"defence{i}" for i in range(18)]
+    from evaluations import plots
+
+    colours = plots.defence_colours(names)
+    assert len(set(colours.values())) == len(names)
+    assert plots._ALERT not in colours.values()  # red stays for flagged checks and allowed rates

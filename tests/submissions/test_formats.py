@@ -104,3 +104,28 @@ def test_the_folder_digest_covers_every_file(tmp_path):
     before = folder_digest(folder)
     (folder / "helper.py").write_text("x = 1\n")
     assert folder_digest(folder) != before
+
+
+def test_a_users_own_model_runs_in_a_worker_from_the_folder_of_its_files(tmp_path, sandbox, monkeypatch):
+    """isolation.mode = "sandbox" outside instructor mode: no submission folder; the worker sees the folder
+    holding the model's code (or .pt2 file), paths relative to the current directory as everywhere else."""
+    own = write_python_submission(tmp_path / "project" / "model")
+    monkeypatch.chdir(tmp_path / "project")
+    opened = _open(_config("model/model.py:Model", "model/weights.pt"), None, "sandbox")
+    try:
+        assert opened.isolation == "sandbox"
+        with torch.no_grad():
+            x = torch.from_numpy(PROBE)
+            assert torch.equal(opened.module(x), honest_module()(x))
+    finally:
+        opened.close()
+    exported = write_export_submission(tmp_path / "exported")
+    opened = _open(_config(weights=str(exported / "model.pt2")), None, "sandbox")
+    opened.close()
+    assert opened.isolation == "sandbox"
+    with pytest.raises(LoadError, match=r"config key 'model.module': expected a file path"):
+        _open(_config("some_package.model:Model", str(own / "weights.pt")), None, "sandbox")
+    elsewhere = tmp_path / "elsewhere.pt"
+    elsewhere.write_bytes((own / "weights.pt").read_bytes())
+    with pytest.raises(LoadError, match=r"config key 'model.weights': expected a file inside"):
+        _open(_config(str(own / "model.py") + ":Model", str(elsewhere)), None, "sandbox")

@@ -122,7 +122,16 @@ def test_ctrl_c_ends_in_one_line_that_says_a_rerun_resumes(tmp_path):
 
     command = [sys.executable, "-m", "evaluations", "run", "--no-progress", "--out", str(tmp_path / "out")]
     command += ["--cache-dir", str(tmp_path / "cache"), *_set(TINY_OVERRIDES)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The child starts with SIGINT at its default, as under a terminal: a test session started as a
+    # background job of a non-interactive shell ignores SIGINT, the child would inherit that, and Python
+    # keeps an inherited "ignore" (so Ctrl-C would do nothing, by the shell's design, not the CLI's).
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = []
     try:
         for line in process.stderr:

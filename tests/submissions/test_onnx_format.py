@@ -223,6 +223,14 @@ def _save(model, path):
     return path
 
 
+def _point_external_data(model, location):
+    """Make every external tensor of ``model`` name ``location`` as its file."""
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+
+
 def _classifier(input_shape=("N", 1, 8, 8), extra_nodes=(), opset=17):
     nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w"], ["y"], transB=1)]
     return _model(
@@ -289,17 +297,11 @@ def test_external_data_is_read_only_from_files_beside_the_model(tmp_path):
     loaded = load_onnx(tmp_path / "alice" / "model.onnx", (1, 8, 8))
     check_agreement(loaded, np.random.default_rng(2).random((4, 1, 8, 8), dtype=np.float32))
     stolen = onnx.load(tmp_path / "alice" / "model.onnx", load_external_data=False)
-    for tensor in stolen.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "../alice/weights.bin"
+    _point_external_data(stolen, "../alice/weights.bin")
     with pytest.raises(OnnxError, match="not a file name in its own folder"):
         load_onnx(_save(stolen, tmp_path / "mallory" / "model.onnx"), (1, 8, 8))
     (tmp_path / "mallory" / "weights.bin").symlink_to(tmp_path / "alice" / "weights.bin")
-    for tensor in stolen.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "weights.bin"
+    _point_external_data(stolen, "weights.bin")
     with pytest.raises(OnnxError, match="not a regular file beside it"):
         load_onnx(_save(stolen, tmp_path / "mallory" / "model.onnx"), (1, 8, 8))
 

@@ -148,16 +148,16 @@ def open_model(
             load_weights_into(model, weights, spec)
         return OpenedModel(model, fmt, "none", "in the evaluator's process (code the user trusts)")
     target, _, attribute = spec.rpartition(":")
-    submission_folder = folder
+    worker_folder = folder
     if folder is None:  # a user's own model in a worker: the worker sees the folder its files are in
-        folder = _own_model_folder(fmt, target, weights, isolation)
-        relative_weights = _relative(weights, folder, "model.weights", str(weights))
+        worker_folder = _own_model_folder(fmt, target, weights, isolation)
+        relative_weights = _relative(weights, worker_folder, "model.weights", str(weights))
     module_spec = spec
     if target.endswith(".py"):
         code = Path(target).expanduser()
         if not code.is_absolute():  # a submission's path is relative to its folder, the user's to here
-            code = code.resolve() if submission_folder is None else folder / code
-        module_spec = f"{_relative(code, folder, 'model.module', spec)}:{attribute}"
+            code = code.resolve() if folder is None else folder / code
+        module_spec = f"{_relative(code, worker_folder, 'model.module', spec)}:{attribute}"
     worker_spec = {
         "format": fmt,
         "module": module_spec,
@@ -166,7 +166,7 @@ def open_model(
     }
     try:
         module = start_worker(
-            folder,
+            worker_folder,
             worker_spec,
             isolation=isolation,
             limits=limits,

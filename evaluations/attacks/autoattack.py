@@ -10,7 +10,8 @@ Two versions, as in the reference implementation:
   checklist (:mod:`evaluations.checklist`) compares it with the gradient attacks on the same points, and
   since Square's cost is set by its 5,000 queries, not by the number of points, this costs little.
 * ``rand``, for randomized defences: APGD-CE, then APGD-DLR on the points still standing, each averaging
-  the gradient over 20 forward passes (EOT), every forward pass drawing fresh noise (one draw per input).
+  the gradient over 20 forward passes (EOT), every forward pass drawing fresh noise (one draw per input;
+  the 20 passes of a step run as one batch, :mod:`evaluations.attacks.eot`).
   On a smoothed classifier one noisy forward pass that misclassifies is no success (the judge is PREDICT
   with fresh noise), so each APGD run returns every point's highest-loss iterate (torchattacks'
   ``best_loss`` mode), and between several candidates for a point the one kept is the one to which the
@@ -46,6 +47,7 @@ from ..config import eps_limit
 from ..reproducibility import seeded
 from . import Attack, AttackOutput, AttackSettings
 from .bpda import frozen_parameters
+from .eot import BatchedEOT
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..defences import Defence
@@ -316,9 +318,12 @@ def rand_autoattack(
     name, timer = NORMS[norm], _Timer()
     every = torch.ones(len(x), dtype=torch.bool, device=x.device)
 
+    # The EOT loop's draws of a step in one batched pass (identical sums, 20x fewer model calls).
+    batched = BatchedEOT(module, settings.eot_iter)
+
     def apgd(loss: str, restarts: int = 1) -> torchattacks.APGD:
         return torchattacks.APGD(
-            module,
+            batched,
             norm=name,
             eps=eps,
             steps=settings.steps,

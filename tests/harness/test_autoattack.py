@@ -225,15 +225,17 @@ def test_rand_version_averages_fresh_noise_over_eot_passes_and_is_judged_by_pred
     assert output.adversarial.min() >= 0 and output.adversarial.max() <= 1
     # EOT: one forward pass for the starting accuracy, then eot_iter passes at the start and at each step.
     module = differentiable(noise_samples=1, noise_seed=2, fixed_noise=False)
-    handle = module.register_forward_hook(lambda *args: forwards.append(1))
+    handle = module.register_forward_hook(lambda _, inputs, __: forwards.append(len(inputs[0])))
     defence.differentiable = lambda **kwargs: (
         module if kwargs["noise_samples"] == 1 else differentiable(**kwargs)
     )
     attack.perturb_detailed(defence, x, y, norm="l2", eps=1.0, seed=2)
     handle.remove()
-    # APGD-CE, then APGD-DLR on the points still standing: each 1 + eot_iter * (steps + 1) passes.
-    passes = 1 + settings.eot_iter * (settings.steps + 1)
+    # APGD-CE, then APGD-DLR on the points still standing: each one pass for the starting accuracy and
+    # one per step (and at the start) over eot_iter copies of its points (evaluations.attacks.eot).
+    passes = 1 + (settings.steps + 1)
     assert len(forwards) in (passes, 2 * passes), len(forwards)
+    assert forwards[0] == len(x) and set(forwards[1:passes]) == {settings.eot_iter * len(x)}, forwards
     # Judged by PREDICT with fresh noise: the attack lowers accuracy (exact McNemar against clean, p < 0.01).
     clean = defence.predict(x, seed=9) == y
     attacked = defence.predict(output.adversarial, seed=10) == y

@@ -57,6 +57,30 @@ def test_a_worker_answers_exactly_like_the_model_in_process(tmp_path, sandbox, i
         remote.close()
 
 
+def test_the_rand_autoattack_asks_a_worker_twice_per_step_not_twice_per_noise_draw(tmp_path):
+    """The rand version's EOT draws of a step reach the worker as one forward and one gradient request
+    (evaluations.attacks.eot): a round trip costs ~0.5 ms, and AutoAttack makes thousands of steps."""
+    from art_smoothing_plugin import SmoothedSoftClassifier
+    from art_smoothing_plugin.sampling import make_generator
+    from evaluations.attacks.autoattack import AutoAttackSettings, rand_autoattack
+
+    folder = write_python_submission(tmp_path / "bob")
+    remote = start_worker(folder, PYTHON_SPEC, isolation="process", limits=TEST_LIMITS, threads=1, outputs=10)
+    try:
+        noisy = SmoothedSoftClassifier(remote, 0.25, 1, generator=make_generator(0, "cpu")).eval()
+        score = SmoothedSoftClassifier(remote, 0.25, 4, noise_seed=1).eval()
+        x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+        y = torch.arange(6)
+        settings = AutoAttackSettings(steps=3, eot_iter=10, extra_restarts=0)
+        rand_autoattack(noisy, score, x, y, norm="l2", eps=0.5, seed=0, settings=settings)
+        # APGD-CE, then APGD-DLR on the points still standing: (steps + 1) gradients each at most.
+        most = 2 * (settings.steps + 1)
+        assert 0 < remote.client.requests["vjp"] <= most, remote.client.requests
+        assert 0 < remote.client.requests["forward_keep"] <= most, remote.client.requests
+    finally:
+        remote.close()
+
+
 PROBE = textwrap.dedent(
     """
     import ctypes, json, os, resource, socket, sys

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -210,7 +211,10 @@ def certified_accuracy_figure(
     if note:
         lines.append(note)
     if lines:
-        figure.text(0.01, -0.02 - 0.035 * (len(lines) - 1), "\n".join(lines), fontsize=8, va="top")
+        # Wrapped to the figure's width (about 15 characters per inch at this size), so that a long note
+        # (every defence not attacked, say) cannot stretch the saved image sideways.
+        wrapped = [textwrap.fill(line, width=int(15 * figure.get_figwidth())) for line in lines]
+        figure.text(0.01, -0.02, "\n".join(wrapped), fontsize=8, va="top")
     if len(panels) > 1:
         figure.tight_layout()
     return figure

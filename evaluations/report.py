@@ -492,7 +492,7 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
     colours, markers = run_colours(pipeline.defences)
     written: dict[str, Path] = {}
     curves = []
-    not_attacked = []
+    not_attacked: dict[str, list[str]] = {}  # reason -> defences, each reason said once
     for name, entry in results["defences"].items():
         certified = pipeline.data.certified.get(name)
         if certified is None:
@@ -504,12 +504,12 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
         )
         reason = entry.get("not_attacked")
         if reason:
-            not_attacked.append(f"{name}: {reason}")
+            not_attacked.setdefault(reason, []).append(name)
         # Comparing training methods: one chart per sigma, the methods side by side in each.
         panel = {"panel": f"σ = {entry['sigma']:g}"} if compared else {}
         curves.append(
             {
-                "label": f"{name} certified" + (f" ({reason})" if reason else ""),
+                "label": f"{name} certified" + (" (not attacked)" if reason else ""),
                 "radii": fine,
                 "accuracy": accuracy,
                 "style": "solid",
@@ -530,11 +530,16 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
                 }
             )
     if curves:
-        note = "no empirical points for " + "; ".join(not_attacked) if not_attacked else ""
+        note = "; ".join(
+            f"no empirical points for {', '.join(names)} ({reason})" for reason, names in not_attacked.items()
+        )
+        attacked = any(curve["style"] == "points" for curve in curves)
         written["certified_accuracy"] = plots.plot_certified_accuracy(
             curves,
             out / "certified_accuracy.png",
-            title="Certified accuracy (lines) and empirical accuracy under attack (markers)",
+            title="Certified accuracy (lines) and empirical accuracy under attack (markers)"
+            if attacked
+            else "Certified accuracy",
             colours=colours,
             note=note,
         )
@@ -812,7 +817,14 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
         "input is judged by PREDICT with fresh noise; the abstention rate is in brackets (abstentions count "
         "as wrong)." + _fewer_points_note(results)
     )
-    for norm in ("linf", "l2"):
+    attacked = any(entry["empirical"] for entry in results["defences"].values())
+    if not attacked:  # one line instead of two tables of "not attacked" rows
+        reasons: dict[str, list[str]] = {}
+        for name, entry in results["defences"].items():
+            reasons.setdefault(entry.get("not_attacked") or "not attacked", []).append(name)
+        said = "; ".join(f"{', '.join(names)} ({reason})" for reason, names in reasons.items())
+        lines += ["", f"No defence was attacked: {said}."]
+    for norm in ("linf", "l2") if attacked else ():
         eps_grid = config["attacks"][f"{norm}_eps"]
         label = "L∞" if norm == "linf" else "L2"
         lines += [
@@ -866,8 +878,10 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
                     f"| {name} | {gap['radius']:g} | {_pct(gap['certified'])} | {_pct(gap['empirical'])} | "
                     f"{_pct(gap['abstain'])} | {'yes' if gap['explained_by_abstentions'] else '**NO**'} |"
                 )
-    else:
+    elif attacked:
         lines.append("Empirical accuracy is at or above certified accuracy at every radius attacked.")
+    else:
+        lines.append("Nothing to compare: no defence was attacked.")
     checks = {n: e["certificate_check"] for n, e in results["defences"].items() if "certificate_check" in e}
     if checks:
         lines += [

@@ -64,6 +64,25 @@ def test_certified_accuracy_styles_and_colours(tmp_path):
     assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 5000
 
 
+def test_a_long_note_is_wrapped_and_does_not_widen_the_image(tmp_path):
+    """A run that attacks nothing notes every defence: the note wraps within the figure's width (it once
+    stretched a three-chart figure to 7,800 pixels)."""
+    import struct
+
+    note = "; ".join(
+        f"no empirical points for rs_method{i}_sigma0.5 (not attacked: reason {i})" for i in range(30)
+    )
+    short = plot_certified_accuracy(_curves(), tmp_path / "short.png", "digits")
+    long = plot_certified_accuracy(_curves(), tmp_path / "long.png", "digits", note=note)
+
+    def width_height(path):
+        return struct.unpack(">II", path.read_bytes()[16:24])  # the PNG's IHDR chunk
+
+    (short_width, short_height), (long_width, long_height) = width_height(short), width_height(long)
+    assert long_width <= short_width * 1.05, (short_width, long_width)
+    assert long_height > short_height  # the note is there, on several lines
+
+
 def test_the_x_axis_ends_where_the_curves_end():
     radii = np.linspace(0, 2.1, 211)
     curve = {"label": "c", "radii": radii, "accuracy": np.where(radii < 0.85, 0.9, 0.0), "style": "solid"}

@@ -301,6 +301,18 @@ def test_the_report_puts_the_methods_side_by_side(compared):
     assert "consistency: lmbda = 5.0" in section
 
 
+def test_a_run_without_attacks_says_so_once_not_per_defence(tmp_path, model_cache):
+    """The training preset attacks nothing: the report says so in one line (not two tables of "not
+    attacked" rows) and the plot is titled and labelled for certified accuracy alone."""
+    overrides = [c for c in DEFAULT if not c.startswith("attacks.enabled")] + ["attacks.enabled=[]"]
+    pipeline, results = _run(tmp_path / "run", model_cache, overrides)
+    report = (pipeline.out_dir / "report.md").read_text()
+    names = ", ".join(results["defences"])
+    assert f"No defence was attacked: {names} (not attacked: no attack in attacks.enabled" in report
+    assert "### L∞" not in report and "Nothing to compare: no defence was attacked." in report
+    assert (pipeline.out_dir / "plots" / "certified_accuracy.png").exists()
+
+
 def test_the_dry_run_prices_each_methods_passes():
     from evaluations.dryrun import _training_plan
 

@@ -26,6 +26,8 @@ Two phases, on disjoint test points:
     python benchmarks/training_mnist.py --sigmas 1.0 --methods smoothadv gaussian \\
         --params '{"smoothadv": {"epsilon": 0.5}}'               # a tuning attempt (points 500-999)
     python benchmarks/training_mnist.py --confirm                 # the pre-registered test (points 0-499)
+    python benchmarks/training_mnist.py --confirm --share 1/2 &   # ... on two cores: two shares side by
+    python benchmarks/training_mnist.py --confirm --share 2/2     # side, then --confirm alone (all cached)
 """
 
 from __future__ import annotations
@@ -232,33 +234,35 @@ def params_for(method: str, sigma: float, args) -> dict:
 
 
 def run_grid(data, methods, sigmas, seeds, first: int, count: int, args, phase: str) -> dict:
+    """Train and certify every (sigma, method, seed); with ``args.share = (i, k)`` only the jobs whose
+    position in that order is i - 1 modulo k (the k shares are disjoint and together the whole grid)."""
     x, y = data.x_test[first : first + count], data.y_test[first : first + count]
     results = {}
-    for sigma in sigmas:
-        for method in methods:
-            params = params_for(method, sigma, args)
-            for seed in seeds:
-                model, key, seconds = trained_lenet(data, method, params, sigma, seed, args)
-                record = certified(model, key, sigma, x, y, first, args)
-                acr = float(np.mean(record["point_radii"]))
-                results[(method, sigma, seed)] = {
-                    **record,
-                    "params": params,
-                    "train_seconds": seconds,
-                    "acr": acr,
-                }
-                attempt = dict(
-                    phase=phase,
-                    method=method,
-                    sigma=sigma,
-                    seed=seed,
-                    params=params,
-                    points=[first, first + count],
-                )
-                attempt.update(epochs=args.epochs, n=args.n, acr=acr, train_seconds=seconds, model=key)
-                with open(args.out / "attempts.jsonl", "a") as log:
-                    log.write(json.dumps(attempt) + "\n")
-                print(f"sigma={sigma} {method:>11} seed {seed}: ACR {acr:.3f}, training {seconds:.0f} s")
+    share, shares = args.share
+    jobs = [(sigma, method, seed) for sigma in sigmas for method in methods for seed in seeds]
+    for sigma, method, seed in jobs[share - 1 :: shares]:
+        params = params_for(method, sigma, args)
+        model, key, seconds = trained_lenet(data, method, params, sigma, seed, args)
+        record = certified(model, key, sigma, x, y, first, args)
+        acr = float(np.mean(record["point_radii"]))
+        results[(method, sigma, seed)] = {
+            **record,
+            "params": params,
+            "train_seconds": seconds,
+            "acr": acr,
+        }
+        attempt = dict(
+            phase=phase,
+            method=method,
+            sigma=sigma,
+            seed=seed,
+            params=params,
+            points=[first, first + count],
+        )
+        attempt.update(epochs=args.epochs, n=args.n, acr=acr, train_seconds=seconds, model=key)
+        with open(args.out / "attempts.jsonl", "a") as log:
+            log.write(json.dumps(attempt) + "\n")
+        print(f"sigma={sigma} {method:>11} seed {seed}: ACR {acr:.3f}, training {seconds:.0f} s")
     return results
 
 
@@ -429,6 +433,17 @@ def time_epochs(data, args) -> int:
     return 0
 
 
+def _share(text: str) -> tuple[int, int]:
+    """``"I/K"`` with 1 <= I <= K."""
+    try:
+        share, shares = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/K such as 1/2, got {text!r}") from None
+    if not 1 <= share <= shares:
+        raise argparse.ArgumentTypeError(f"expected I/K with 1 <= I <= K, got {text!r}")
+    return share, shares
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -449,6 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (others share the CPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "training_mnist")
     parser.add_argument("--confirm", action="store_true", help="the pre-registered test on points 0-499")
+    parser.add_argument(
+        "--share",
+        type=_share,
+        default=(1, 1),
+        metavar="I/K",
+        help="run only the I-th of K disjoint shares of the grid (K processes side by side, one per core); "
+        "a last run without --share finds every result cached and writes the report",
+    )
     parser.add_argument(
         "--time-epoch", action="store_true", help="time one epoch of each method; print costs"
     )
@@ -485,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         PAPER_MNIST[method] = {float(s): p for s, p in PREREGISTRATION["params"].items()}
         first, count = CONFIRMATION_POINTS[0], CONFIRMATION_POINTS[1] - CONFIRMATION_POINTS[0]
         results = run_grid(data, ["gaussian", method], SIGMAS, SEEDS, first, count, args, "confirm")
+        if args.share != (1, 1):
+            print(f"share {args.share[0]}/{args.share[1]} done in {time.time() - started:.0f} s")
+            return 0
         report = confirmation_report(results, method, SEEDS, args)
         report += "\n" + summary_table(results, ["gaussian", method], SIGMAS, SEEDS, args, "0-499")
         (args.out / "confirm.md").write_text(report)
@@ -504,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     first = TUNING_POINTS[0]
     count = min(args.points, TUNING_POINTS[1] - first)
     results = run_grid(data, args.methods, args.sigmas, args.seeds, first, count, args, "tune")
+    if args.share != (1, 1):
+        print(f"share {args.share[0]}/{args.share[1]} done in {time.time() - started:.0f} s")
+        return 0
     table = summary_table(
         results, args.methods, args.sigmas, args.seeds, args, f"{first}-{first + count - 1} (tuning)"
     )

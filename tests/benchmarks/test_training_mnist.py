@@ -83,3 +83,31 @@ def test_params_are_checked_before_any_work(bench, capsys) -> None:
     assert "choose one of gaussian" in capsys.readouterr().err
     with pytest.raises(ValueError, match="epsilon"):
         bench.main(["--params", '{"smoothadv": {"epsilon": -1}}'])
+
+
+def test_shares_split_the_grid_into_disjoint_parts_that_cover_it(bench, monkeypatch, tmp_path) -> None:
+    monkeypatch.setattr(
+        bench, "trained_lenet", lambda data, method, params, sigma, seed, args: (None, "k", 1.0)
+    )
+    monkeypatch.setattr(
+        bench, "certified", lambda model, key, sigma, x, y, first, args: {"point_radii": [0.5, 0.0]}
+    )
+    data = type("Data", (), {"x_test": np.zeros((4, 1)), "y_test": np.zeros(4, dtype=int)})()
+
+    def jobs(share):
+        args = type("Args", (), {"share": share, "params": {}, "epochs": 20, "n": 10, "out": tmp_path})()
+        return set(
+            bench.run_grid(data, ["gaussian", "consistency"], bench.SIGMAS, bench.SEEDS, 0, 2, args, "t")
+        )
+
+    whole = jobs((1, 1))
+    assert len(whole) == 2 * len(bench.SIGMAS) * len(bench.SEEDS)
+    first, second = jobs((1, 2)), jobs((2, 2))
+    assert first.isdisjoint(second) and first | second == whole and abs(len(first) - len(second)) <= 1
+
+
+@pytest.mark.parametrize("text", ["0/2", "3/2", "1-2", "a/b", "2"])
+def test_a_bad_share_is_refused_naming_the_form(bench, capsys, text) -> None:
+    with pytest.raises(SystemExit):
+        bench.main(["--share", text])
+    assert "--share" in capsys.readouterr().err

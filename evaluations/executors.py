@@ -31,11 +31,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .storage import WorkStore
+if TYPE_CHECKING:  # pragma: no cover - only named in annotations; importing it would load torch
+    from .storage import WorkStore
 
 __all__ = [
     "EXECUTORS",

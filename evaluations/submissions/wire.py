@@ -114,26 +114,35 @@ def write_all(fd: int, data: bytes, deadline: float | None = None) -> None:
         view = view[written:]
 
 
-#: Seconds a reader polls for the next message before it sleeps in ``select`` or ``read``. The evaluator
-#: and a worker answer each other within a millisecond thousands of times per attack; sleeping and being
-#: woken costs 0.2-0.4 ms each way on these machines, more than the small models' computation. Polling
-#: first took a forward request of 25 digits from 0.63 to 0.40 ms (0.28 ms in process) and a forward +
-#: gradient pair from 1.7 to 1.2 ms; it spends at most this much CPU per message.
+#: Seconds a reader may poll for a message before it sleeps in ``select`` or ``read``, and the largest
+#: exchange it polls for. Small requests (an attack step on a few points) come and go thousands of times
+#: in well under a millisecond, and sleeping and being woken cost 0.2-0.4 ms each way on these machines,
+#: more than the small model's computation: polling took a forward pass of 25 digits through a worker
+#: from 0.63 to 0.40 ms (0.28 ms in process). A large batch keeps the other side computing for
+#: milliseconds on every core it has, and a poller would take one of them (1,000 digits: 9.3 ms with
+#: polling, 6.4 without, 6.5 in process): so only exchanges up to ``SPIN_BYTES`` are polled for.
 SPIN_SECONDS = 0.002
+SPIN_BYTES = 64 << 10
 
 
-def _wait_briefly(fd: int) -> None:
-    """Poll ``fd`` for up to :data:`SPIN_SECONDS`, returning as soon as it can be read."""
-    end = time.perf_counter() + SPIN_SECONDS
+def spin_for(nbytes: int) -> float:
+    """Seconds to poll for the answer to (or the successor of) a message of ``nbytes`` payload bytes."""
+    return SPIN_SECONDS if nbytes <= SPIN_BYTES else 0.0
+
+
+def _wait_briefly(fd: int, seconds: float) -> None:
+    """Poll ``fd`` for up to ``seconds``, returning as soon as it can be read."""
+    end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         if select.select([fd], [], [], 0)[0]:
             return
 
 
-def _read_exactly(fd: int, count: int, deadline: float | None) -> bytes:
+def _read_exactly(fd: int, count: int, deadline: float | None, spin: float = 0.0) -> bytes:
     chunks = []
     while count:
-        _wait_briefly(fd)
+        if spin:
+            _wait_briefly(fd, spin)
         if deadline is not None:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -155,14 +164,16 @@ def read_message(
     allowed: frozenset[int],
     max_payload: int,
     deadline: float | None = None,
+    spin: float = 0.0,
 ) -> Message:
     """Read one message, checking the header before any payload is read.
 
     :param allowed: the kinds acceptable here; any other is a :class:`ProtocolError`.
     :param max_payload: the most payload bytes acceptable (the caller knows the size it expects).
     :param deadline: ``time.monotonic()`` by which the whole message must have arrived.
+    :param spin: seconds to poll for the message before sleeping (:func:`spin_for`).
     """
-    magic, kind, code, ndim, tag, nbytes = HEADER.unpack(_read_exactly(fd, HEADER.size, deadline))
+    magic, kind, code, ndim, tag, nbytes = HEADER.unpack(_read_exactly(fd, HEADER.size, deadline, spin))
     if magic != MAGIC:
         raise ProtocolError(f"not a message of this protocol (it starts with {magic!r})")
     if kind not in allowed:

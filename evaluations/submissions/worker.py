@@ -96,17 +96,38 @@ def _outputs(result: Any) -> Any:
     return result
 
 
-def serve(model: Any, channel_in: int, channel_out: int) -> int:
+#: Input elements below which a request runs on one thread. On small inputs OpenMP's hand-offs between
+#: threads cost more than they save (the evaluator runs AutoAttack's thousands of small steps on one
+#: thread for the same reason); large batches (CERTIFY's noisy copies) use every thread the worker has.
+ONE_THREAD_BELOW = 32768
+
+
+def serve(model: Any, channel_in: int, channel_out: int, threads: int = 1) -> int:
     import torch
 
+    current = torch.get_num_threads()
+
+    def use_threads(array: Any) -> None:
+        nonlocal current
+        wanted = 1 if array is None or array.size < ONE_THREAD_BELOW else threads
+        if wanted != current:
+            torch.set_num_threads(wanted)
+            current = wanted
+
     kept: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
+    spin = 0.0  # after a small request another tends to follow at once: poll for it (wire.spin_for)
     while True:
         try:
-            message = wire.read_message(channel_in, allowed=wire.Kind.REQUESTS, max_payload=1 << 40)
+            message = wire.read_message(
+                channel_in, allowed=wire.Kind.REQUESTS, max_payload=1 << 40, spin=spin
+            )
         except wire.ProtocolError:
             return 0  # the evaluator closed the pipe
         if message.kind == wire.Kind.CLOSE:
             return 0
+        spin = wire.spin_for(0 if message.array is None else message.array.nbytes)
+        if message.kind != wire.Kind.VJP:  # a VJP runs on the threads of its forward pass
+            use_threads(message.array)
         try:
             if message.kind == wire.Kind.FORWARD:
                 with torch.no_grad():
@@ -165,7 +186,7 @@ def main(argv: list[str]) -> int:
         )
         return 1
     wire.write_all(channel_out, wire.encode(wire.Kind.READY))
-    return serve(model, channel_in, channel_out)
+    return serve(model, channel_in, channel_out, int(spec["threads"]))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from evaluations.cli import main
 
@@ -172,3 +175,52 @@ def test_help_has_examples_homework_model_keys_and_diffusion(capsys):
     for text in texts.values():
         assert text.startswith("usage: python3 -m evaluations")
     assert "art-smoothing-eval" not in "".join(texts.values())
+
+
+def test_importing_the_cli_loads_no_torch_so_a_worker_run_can_quiet_openmp_first():
+    """quiet_openmp_for_workers only works before torch's OpenMP runtime loads."""
+    import subprocess
+    import sys
+
+    code = "import sys, evaluations.cli; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False", done.stderr
+
+
+@pytest.mark.parametrize(
+    ("model", "mode", "expected"),
+    [
+        ({"module": "m.py:Net", "weights": "w.pt"}, "sandbox", True),
+        ({"module": "m.py:Net", "weights": "w.pt"}, "process", True),
+        ({"module": "", "weights": "model.pt2"}, "sandbox", True),
+        ({"module": "", "weights": "model.onnx"}, "sandbox", False),  # ONNX runs in this process
+        ({"module": "m.py:Net", "weights": "w.pt"}, "none", False),
+        ({}, "sandbox", False),  # the harness's own models
+    ],
+)
+def test_runs_a_worker(model, mode, expected):
+    from evaluations import cli
+
+    assert cli.runs_a_worker({"model": model, "isolation": {"mode": mode}}) is expected
+
+
+def test_a_worker_run_quiets_openmp_unless_torch_is_loaded_or_the_user_chose(monkeypatch, tmp_path):
+    import sys
+
+    from evaluations import cli
+
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    assert cli.quiet_openmp_for_workers() is False  # torch is loaded in this test session: too late
+    monkeypatch.delitem(sys.modules, "torch")
+    assert cli.quiet_openmp_for_workers() is True
+    assert os.environ["GOMP_SPINCOUNT"] == cli.WORKER_RUN_SPINCOUNT
+    monkeypatch.setenv("GOMP_SPINCOUNT", "50000")  # the user's own setting stays
+    assert cli.quiet_openmp_for_workers() is False and os.environ["GOMP_SPINCOUNT"] == "50000"
+    # Which runs: a config file's [model] with code, and isolation.mode from --set.
+    config = tmp_path / "homework.toml"
+    config.write_text('[model]\nmodule = "m.py:Net"\nweights = "w.pt"\n')
+    parser = cli.build_parser()
+    sandboxed = parser.parse_args(["run", "--config", str(config), "--set", 'isolation.mode="sandbox"'])
+    in_process = parser.parse_args(["run", "--config", str(config)])
+    assert cli._worker_config(sandboxed) is True and cli._worker_config(in_process) is False

@@ -106,7 +106,24 @@ PAPER_MNIST: dict[str, dict[float, dict]] = {
 #: Filled in (and committed) before the confirmatory run, never after: e.g.
 #: {"method": "consistency", "params": {1.0: {...}, 0.5: {...}, 0.25: {...}}, "epochs": 20, "batch_size": 128,
 #:  "lr": 0.001, "date": "YYYY-MM-DD"}. None: no test is pre-registered yet, and --confirm refuses to run.
-PREREGISTRATION: dict | None = None
+PREREGISTRATION: dict | None = {
+    # Chosen 2026-11-30 on tuning points 500-699 (sigma = 1.0, seed 0, n = 10,000; attempts.jsonl):
+    # gaussian 1.248, consistency lambda = 10 1.413 (+13%), lambda = 20 (the paper's MNIST value) 1.319.
+    # Consistency rather than SmoothMix or SmoothAdv because its confirmatory grid (9 trainings of ~15 s
+    # beside Gaussian augmentation's) fits the compute at hand; lambda = 10 at every sigma (only sigma = 1.0
+    # was tuned). Disclosed: the harness's `training` preset (100 points 0-99, n = 2,000, other settings)
+    # had been looked at before this choice; those points are part of the confirmation points 0-499.
+    "method": "consistency",
+    "params": {
+        1.0: {"num_noise_vec": 2, "lmbda": 10.0, "eta": 0.5},
+        0.5: {"num_noise_vec": 2, "lmbda": 10.0, "eta": 0.5},
+        0.25: {"num_noise_vec": 2, "lmbda": 10.0, "eta": 0.5},
+    },
+    "epochs": 20,
+    "batch_size": 128,
+    "lr": 0.001,
+    "date": "2026-11-30",
+}
 #: The bar of the confirmatory test at sigma = 1.0.
 BAR_GAIN, BAR_LEVEL = 0.05, 0.01
 

@@ -70,8 +70,8 @@ def test_relative_gain_interval(bench) -> None:
         bench.relative_gain_interval(base, np.zeros(50))
 
 
-def test_confirm_refuses_without_a_preregistration(bench, capsys) -> None:
-    assert bench.PREREGISTRATION is None
+def test_confirm_refuses_without_a_preregistration(bench, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(bench, "PREREGISTRATION", None)
     with pytest.raises(SystemExit):
         bench.main(["--confirm"])
     assert "pre-registered" in capsys.readouterr().err
@@ -111,3 +111,12 @@ def test_a_bad_share_is_refused_naming_the_form(bench, capsys, text) -> None:
     with pytest.raises(SystemExit):
         bench.main(["--share", text])
     assert "--share" in capsys.readouterr().err
+
+
+def test_the_preregistration_names_one_method_and_its_settings_at_every_sigma(bench) -> None:
+    registered = bench.PREREGISTRATION
+    assert registered["method"] in bench.METHODS and registered["method"] != "gaussian"
+    assert set(registered["params"]) == set(bench.SIGMAS)
+    for params in registered["params"].values():
+        bench.make_training_method(registered["method"], **params)  # valid hyper-parameters
+    assert {"epochs", "batch_size", "lr", "date"} <= set(registered)

@@ -250,6 +250,17 @@ def params_for(method: str, sigma: float, args) -> dict:
     return params
 
 
+def log_attempt(path: Path, attempt: dict) -> bool:
+    """Append ``attempt`` to the log unless the same run is there already (a rerun that found its model
+    and certificates cached, e.g. the report after ``--share`` runs, is not a new attempt)."""
+    line = json.dumps(attempt)
+    if path.exists() and line in path.read_text().splitlines():
+        return False
+    with open(path, "a") as log:
+        log.write(line + "\n")
+    return True
+
+
 def run_grid(data, methods, sigmas, seeds, first: int, count: int, args, phase: str) -> dict:
     """Train and certify every (sigma, method, seed); with ``args.share = (i, k)`` only the jobs whose
     position in that order is i - 1 modulo k (the k shares are disjoint and together the whole grid)."""
@@ -277,8 +288,7 @@ def run_grid(data, methods, sigmas, seeds, first: int, count: int, args, phase: 
             points=[first, first + count],
         )
         attempt.update(epochs=args.epochs, n=args.n, acr=acr, train_seconds=seconds, model=key)
-        with open(args.out / "attempts.jsonl", "a") as log:
-            log.write(json.dumps(attempt) + "\n")
+        log_attempt(args.out / "attempts.jsonl", attempt)
         print(f"sigma={sigma} {method:>11} seed {seed}: ACR {acr:.3f}, training {seconds:.0f} s")
     return results
 

@@ -120,3 +120,12 @@ def test_the_preregistration_names_one_method_and_its_settings_at_every_sigma(be
     for params in registered["params"].values():
         bench.make_training_method(registered["method"], **params)  # valid hyper-parameters
     assert {"epochs", "batch_size", "lr", "date"} <= set(registered)
+
+
+def test_a_cached_rerun_is_not_logged_as_a_new_attempt(bench, tmp_path) -> None:
+    log = tmp_path / "attempts.jsonl"
+    attempt = {"phase": "confirm", "method": "consistency", "sigma": 1.0, "seed": 0, "acr": 1.4}
+    assert bench.log_attempt(log, attempt) is True
+    assert bench.log_attempt(log, attempt) is False  # the same run again, found in the cache
+    assert bench.log_attempt(log, {**attempt, "seed": 1}) is True
+    assert len(log.read_text().splitlines()) == 2

@@ -18,11 +18,6 @@ from __future__ import annotations
 
 import itertools
 import os
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Windows, where the sandbox does not run either
-    fcntl = None  # type: ignore[assignment]
 import shutil
 import signal
 import subprocess
@@ -39,6 +34,11 @@ from torch import nn
 
 from . import wire
 from .sandbox import Limits, WorkerCommand, exposed_paths, process_command, sandbox_command, sandbox_support
+
+try:  # widens the pipes to a worker (Linux); without it they keep their size
+    import fcntl
+except ImportError:  # pragma: no cover - not on Windows, where the sandbox does not run either
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["RemoteModule", "SubmissionFailure", "WorkerClient", "start_worker"]
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from .config import PRESETS, ConfigError, describe_schema, load_config_file, resolve_config
 from .config.resolve import parse_override
 from .executors import EXECUTORS
+from .submissions.file_format import model_format
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -268,10 +269,16 @@ WORKER_RUN_SPINCOUNT = "1000"
 
 def runs_a_worker(config: dict) -> bool:
     """Whether ``config`` evaluates a model whose code runs in a worker process: a user's model given as
-    code or a ``.pt2`` file with ``isolation.mode`` other than ``"none"`` (ONNX runs in this process)."""
+    code or a ``.pt2`` file with ``isolation.mode`` other than ``"none"`` (ONNX runs in this process; the
+    format by the rule the loader uses, :func:`~evaluations.submissions.file_format.model_format`)."""
     model = config.get("model") or {}
-    code = bool(model.get("module")) or str(model.get("weights") or "").endswith(".pt2")
-    return code and (config.get("isolation") or {}).get("mode", "none") != "none"
+    module, weights = str(model.get("module") or ""), str(model.get("weights") or "")
+    users_model = bool(module or weights)
+    return (
+        users_model
+        and model_format(module, weights) != "onnx"
+        and (config.get("isolation") or {}).get("mode", "none") != "none"
+    )
 
 
 def quiet_openmp_for_workers() -> bool:

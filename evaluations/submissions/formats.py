@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from .file_format import model_format
 from .loading import LoadError, build_user_module, import_attribute, load_exported_program, load_weights_into
 from .onnx_format import OnnxError, check_agreement, load_onnx
 from .remote import SubmissionFailure, start_worker
@@ -56,16 +57,6 @@ class OpenedModel:
         close = getattr(self.module, "close", None)
         if callable(close):
             close()
-
-
-def model_format(module: str, weights: str) -> str:
-    """``onnx``, ``torch_export`` or ``python``, from the weights file's suffix."""
-    suffix = Path(weights).suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix == ".pt2":
-        return "torch_export"
-    return "python"
 
 
 def folder_digest(folder: Path) -> str:

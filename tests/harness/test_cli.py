@@ -194,6 +194,7 @@ def test_importing_the_cli_loads_no_torch_so_a_worker_run_can_quiet_openmp_first
         ({"module": "m.py:Net", "weights": "w.pt"}, "process", True),
         ({"module": "", "weights": "model.pt2"}, "sandbox", True),
         ({"module": "", "weights": "model.onnx"}, "sandbox", False),  # ONNX runs in this process
+        ({"module": "m.py:Net", "weights": "model.onnx"}, "sandbox", False),  # as the loader decides
         ({"module": "m.py:Net", "weights": "w.pt"}, "none", False),
         ({}, "sandbox", False),  # the harness's own models
     ],

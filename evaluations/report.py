@@ -481,6 +481,17 @@ def run_colours(defences: list[Any]) -> tuple[dict[str, str], dict[str, str]]:
     return colours, markers
 
 
+def _not_attacked_by_reason(entries: Any, default: str | None = None) -> dict[str, list[str]]:
+    """The defence names of ``(name, entry)`` pairs under each reason they were not attacked (each reason
+    once, in the run's order); entries without a reason go under ``default``, or are left out."""
+    groups: dict[str, list[str]] = {}
+    for name, entry in entries:
+        reason = entry.get("not_attacked") or default
+        if reason:
+            groups.setdefault(reason, []).append(name)
+    return groups
+
+
 def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
     """The PNG plots (through :mod:`evaluations.plots`), every one coloured by the one colour map of the
     run (:func:`run_colours`); a run comparing training methods draws its certified accuracy one chart
@@ -492,7 +503,9 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
     colours, markers = run_colours(pipeline.defences)
     written: dict[str, Path] = {}
     curves = []
-    not_attacked: dict[str, list[str]] = {}  # reason -> defences, each reason said once
+    not_attacked = _not_attacked_by_reason(
+        (name, entry) for name, entry in results["defences"].items() if name in pipeline.data.certified
+    )
     for name, entry in results["defences"].items():
         certified = pipeline.data.certified.get(name)
         if certified is None:
@@ -503,8 +516,6 @@ def write_plots(pipeline: Pipeline, results: dict[str, Any]) -> dict[str, Path]:
             certified["labels"], certified["radii"], certified["label"], fine
         )
         reason = entry.get("not_attacked")
-        if reason:
-            not_attacked.setdefault(reason, []).append(name)
         # Comparing training methods: one chart per sigma, the methods side by side in each.
         panel = {"panel": f"σ = {entry['sigma']:g}"} if compared else {}
         curves.append(
@@ -819,9 +830,7 @@ def markdown(pipeline: Pipeline, results: dict[str, Any], plot_paths: dict[str, 
     )
     attacked = any(entry["empirical"] for entry in results["defences"].values())
     if not attacked:  # one line instead of two tables of "not attacked" rows
-        reasons: dict[str, list[str]] = {}
-        for name, entry in results["defences"].items():
-            reasons.setdefault(entry.get("not_attacked") or "not attacked", []).append(name)
+        reasons = _not_attacked_by_reason(results["defences"].items(), default="not attacked")
         said = "; ".join(f"{', '.join(names)} ({reason})" for reason, names in reasons.items())
         lines += ["", f"No defence was attacked: {said}."]
     for norm in ("linf", "l2") if attacked else ():

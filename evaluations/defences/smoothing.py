@@ -177,6 +177,7 @@ def _denoised_estimator(context: BuildContext, classifier: Any, denoiser: Any, s
         n0=n0,
         seed=context.config["run"]["seed"],
         batch_size=context.config["smoothing"]["batch_size"],
+        device_type=_art_device(context),
     )
 
 

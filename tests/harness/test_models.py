@@ -176,3 +176,25 @@ def test_denoisers_trained_by_the_harness_do_not_depend_on_the_global_generator(
         denoiser, _ = _denoiser(context, 0.5, None, "")
         weights.append(torch.cat([p.detach().flatten() for p in denoiser.parameters()]))
     assert torch.equal(weights[0], weights[1])
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cpu", "cpu"), ("cuda", "gpu")])
+def test_denoised_estimators_run_on_the_runs_device(monkeypatch, device, expected):
+    """Found on an H200: the harness built denoised and diffusion smoothing without ``device_type``, so on
+    a CUDA run their noise was drawn on the CPU for modules on the GPU (a RuntimeError at the first
+    prediction). Checked here without a GPU: the estimator is asked for the run's device."""
+    from art_smoothing_plugin.estimators import denoised_smoothing
+    from evaluations.data import load_dataset
+    from evaluations.defences import BuildContext
+    from evaluations.defences.smoothing import _denoised_estimator
+
+    from .conftest import tiny_config
+
+    seen = {}
+    monkeypatch.setattr(
+        denoised_smoothing, "DenoisedSmoothingClassifier", lambda *args, **kwargs: seen.update(kwargs)
+    )
+    context = BuildContext(load_dataset("digits"), tiny_config(), None, torch.device(device), progress=False)
+    context.models = type("Models", (), {"nb_classes": 10})()
+    _denoised_estimator(context, torch.nn.Identity(), None, 0.25, 100)
+    assert seen["device_type"] == expected

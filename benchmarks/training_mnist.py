@@ -183,7 +183,7 @@ def trained_lenet(
     settings.update(batch_size=args.batch_size, lr=args.lr, train_points=args.train_points, arch="lenet")
     key = key_of(**settings)
     path, meta = args.out / "models" / f"{key}.pt", args.out / "models" / f"{key}.json"
-    model = build_model("lenet", data.input_shape, data.nb_classes, seed=seed)
+    model = build_model("lenet", data.input_shape, data.nb_classes, seed=seed).to(args.device)
     if not path.exists():
         started = time.time()
         train(
@@ -201,12 +201,24 @@ def trained_lenet(
         )
         seconds = time.time() - started
         buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
+        torch.save({name: tensor.cpu() for name, tensor in model.state_dict().items()}, buffer)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, buffer.getvalue())
-        atomic_write(meta, json.dumps({**settings, "train_seconds": seconds}).encode())
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        record = {**settings, "train_seconds": seconds, "device": device_name(args.device)}
+        atomic_write(meta, json.dumps(record).encode())
+    model.load_state_dict(torch.load(path, map_location=args.device, weights_only=True))
     return model.eval(), key, json.loads(meta.read_text())["train_seconds"]
+
+
+def device_name(device: torch.device) -> str:
+    """What trained a model, for its record: "cpu" or the GPU's name."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def trained_on(key: str, args) -> str:
+    """Where the cached model ``key`` was trained (records older than the --device option: "cpu")."""
+    meta = args.out / "models" / f"{key}.json"
+    return json.loads(meta.read_text()).get("device", "cpu") if meta.exists() else "cpu"
 
 
 def certified(
@@ -226,7 +238,7 @@ def certified(
         n0=args.n0,
         seed=1234,
         batch_size=args.certify_batch,
-        device_type="cpu",
+        device_type="gpu" if args.device.type == "cuda" else "cpu",
         verbose=True,
     )
     started = time.time()
@@ -273,11 +285,13 @@ def run_grid(data, methods, sigmas, seeds, first: int, count: int, args, phase: 
         model, key, seconds = trained_lenet(data, method, params, sigma, seed, args)
         record = certified(model, key, sigma, x, y, first, args)
         acr = float(np.mean(record["point_radii"]))
+        trainer = trained_on(key, args)
         results[(method, sigma, seed)] = {
             **record,
             "params": params,
             "train_seconds": seconds,
             "acr": acr,
+            "device": trainer,
         }
         attempt = dict(
             phase=phase,
@@ -288,6 +302,8 @@ def run_grid(data, methods, sigmas, seeds, first: int, count: int, args, phase: 
             points=[first, first + count],
         )
         attempt.update(epochs=args.epochs, n=args.n, acr=acr, train_seconds=seconds, model=key)
+        if trainer != "cpu":  # CPU runs are logged as before, so their dedupe keys stay the same
+            attempt["device"] = trainer
         log_attempt(args.out / "attempts.jsonl", attempt)
         print(f"sigma={sigma} {method:>11} seed {seed}: ACR {acr:.3f}, training {seconds:.0f} s")
     return results
@@ -299,7 +315,9 @@ def summary_table(results: dict, methods, sigmas, seeds, args, points: str) -> s
         f"MNIST-5k test points {points}; LeNet, {args.epochs} epochs (Adam, lr {args.lr}, batch "
         f"{args.batch_size}) for every method; CERTIFY n0 = {args.n0}, n = {args.n}, alpha = {args.alpha}. "
         f"ACR: mean (sd) over seeds {', '.join(map(str, seeds))}; certified accuracy (%) averaged over the "
-        "seeds; training wall-clock per run.",
+        "seeds; training wall-clock per run, on "
+        + " and ".join(sorted({run.get("device", "cpu") for run in results.values()}) or ["cpu"])
+        + ".",
         "",
         "| sigma | method | ACR | "
         + " | ".join(f"r={r:g}" for r in RADII)
@@ -489,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--certify-batch", type=int, default=2_000)
     parser.add_argument("--points", type=int, default=500, help="tuning points, from test index 500")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (others share the CPU)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where to train and certify (results differ from a CPU run's only by the noise drawn)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "training_mnist")
     parser.add_argument("--confirm", action="store_true", help="the pre-registered test on points 0-499")
     parser.add_argument(
@@ -514,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
             "no confirmatory test is pre-registered: fill in PREREGISTRATION in this file (one method, its "
             "hyper-parameters per sigma, the epoch budget), commit it, then run --confirm"
         )
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA GPU on this machine")
+    args.device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     data = load_dataset("mnist5k")
     if args.time_epoch:

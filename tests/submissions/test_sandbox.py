@@ -122,6 +122,8 @@ PROBE = textwrap.dedent(
         "raise_a_limit": attempt(
             lambda: resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         ),
+        "nice": os.nice(0),
+        "raise_priority": attempt(lambda: os.nice(-1)),
     }
     print("OBSERVED " + json.dumps(observed))
     raise SystemExit("probe finished")
@@ -166,8 +168,12 @@ def test_inside_the_sandbox_a_submission_sees_only_itself(tmp_path, sandbox, lis
     seen = _probe(tmp_path, "sandbox", listener)
     assert seen["ids"] == [65534, 65534, 65534, []] and seen["capabilities"] == "0000000000000000"
     assert seen["cwd"] == "/submission" and seen["cwd_files"] == ["model.py", "weights.pt"]
-    # Only the system, the Python installation, the worker's code and the submission itself.
-    assert "work" not in seen["root"] and "home" not in seen["root"] and "etc" in seen["root"]
+    # Only the system, the Python installation, the worker's code and the submission itself: a top folder
+    # such as /home or /work appears only as the parent of the Python installation (a virtual
+    # environment inside a clone, as the README sets up), never with the evaluator's files in it.
+    python_tops = {path.parts[1] for path in sandbox_module._python_dirs() if len(path.parts) > 1}
+    assert "etc" in seen["root"]
+    assert all(name not in seen["root"] or name in python_tops for name in ("work", "home")), seen["root"]
     assert len(seen["processes"]) <= 3  # bwrap's init, setpriv's exec'd worker: no other process visible
     assert "INSTRUCTOR_SECRET" not in seen["environment"]
     for key in ("read_instructor_file", "list_other_submission"):
@@ -191,6 +197,9 @@ def test_inside_the_sandbox_a_submission_sees_only_itself(tmp_path, sandbox, lis
         "RLIMIT_CORE": [0, 0],
     }
     assert seen["raise_a_limit"].startswith("ValueError")
+    # The lowest CPU priority, for good: the evaluator's threads come first while it computes.
+    assert seen["nice"] == sandbox_module.WORKER_NICE == 19
+    assert seen["raise_priority"].startswith("PermissionError"), seen["raise_priority"]
 
 
 def test_a_trusted_process_worker_has_the_limits_and_a_private_copy_but_no_namespaces(tmp_path, listener):
@@ -202,6 +211,7 @@ def test_a_trusted_process_worker_has_the_limits_and_a_private_copy_but_no_names
         seen["limits"]["RLIMIT_AS"] == [2048 << 20] * 2 and seen["limits"]["RLIMIT_FSIZE"] == [16 << 20] * 2
     )
     assert seen["raise_a_limit"].startswith("ValueError")
+    assert seen["nice"] == 19  # a trusted worker too yields the cores to the evaluator
     assert not [p for p in Path("/tmp").glob("art-smoothing-submission-*") if p.name in seen["cwd"]]
 
 

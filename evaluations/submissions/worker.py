@@ -9,7 +9,8 @@ Order of work, so that the limits bind before any submitted code runs:
 
 1. keep the request pipe (stdin) and the reply pipe (stdout) on private descriptors, point stdin at
    ``/dev/null`` and stdout at stderr (a submission's prints go to the capped log, never the reply pipe);
-2. set the resource limits (address space, CPU seconds, processes, file size, no core files);
+2. take the lowest CPU priority (``nice``) and set the resource limits (address space, CPU seconds,
+   processes, file size, no core files);
 3. copy the submission's files into the private working directory (sandbox: a size-limited tmpfs);
 4. load the model (:mod:`loading`: import the module or the ``torch.export`` program, build it, load the
    weights with ``weights_only=True``), then set torch's thread count;
@@ -164,6 +165,7 @@ def main(argv: list[str]) -> int:
     os.dup2(devnull, 0)
     os.dup2(2, 1)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    os.nice(int(spec.get("nice", 0)))  # threads started later (OpenMP's) inherit it
     apply_limits(spec["limits"])
     if spec.get("copy_from"):
         copy_submission(Path(spec["copy_from"]), Path.cwd())

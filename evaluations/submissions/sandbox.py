@@ -319,6 +319,14 @@ def sandbox_support() -> SandboxSupport:
         return SandboxSupport(
             False, "bubblewrap is not installed (apt-get install bubblewrap, or dnf install bubblewrap)"
         )
+    hidden = [str(path) for path in _python_dirs() if path == Path("/tmp") or Path("/tmp") in path.parents]
+    if hidden:
+        return SandboxSupport(
+            False,
+            f"the Python installation ({hidden[0]}) lies under /tmp, which the sandbox replaces with its own "
+            "empty /tmp; use a Python (or virtual environment) outside /tmp",
+            bwrap,
+        )
     privileged = os.geteuid() == 0
     if privileged and shutil.which("setpriv") is None:
         return SandboxSupport(False, "running as root needs setpriv (util-linux) to drop to uid 65534", bwrap)

@@ -271,6 +271,20 @@ def test_a_sandbox_that_would_expose_a_protected_path_is_refused(tmp_path, sandb
         )
 
 
+def test_a_python_under_tmp_is_refused_with_the_reason(monkeypatch):
+    # The sandbox mounts an empty /tmp of its own: a Python installed there would not start in it.
+    sandbox_module.sandbox_support.cache_clear()
+    monkeypatch.setattr(sandbox_module, "_python_dirs", lambda: [Path("/usr"), Path("/tmp/clone/.venv")])
+    monkeypatch.setattr(sandbox_module.shutil, "which", lambda name: f"/usr/bin/{name}")
+    try:
+        support = sandbox_module.sandbox_support()
+        assert not support.available
+        assert "/tmp/clone/.venv" in support.reason and "outside /tmp" in support.reason
+    finally:
+        monkeypatch.undo()
+        sandbox_module.sandbox_support.cache_clear()
+
+
 def test_without_bubblewrap_the_reason_is_given(monkeypatch):
     sandbox_module.sandbox_support.cache_clear()
     real_which = shutil.which

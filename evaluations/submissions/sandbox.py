@@ -60,6 +60,7 @@ WORKER_DIR = Path(__file__).resolve().parent
 _SUBMISSION_FILES = "/submission-files"
 _WORKDIR = "/submission"
 _HARNESS = "/opt/art-smoothing-worker"
+_PRIVATE_TMP = "/tmp"  # an empty tmpfs of the sandbox's own, hiding the host's /tmp
 
 #: The niceness a worker adds to its own before it loads the submission (capped at 19, the lowest CPU
 #: priority; a submission cannot lower it again). The evaluator waits while a worker computes, so the worker
@@ -246,7 +247,7 @@ def _sandbox_prefix(folder: Path, limits: Limits, threads: int, support: Sandbox
     argv += ["--ro-bind", str(WORKER_DIR), _HARNESS]
     argv += ["--ro-bind", str(folder.resolve()), _SUBMISSION_FILES]
     argv += ["--proc", "/proc", "--dev", "/dev"]
-    argv += ["--perms", "01777", "--size", str(limits.disk_mb << 20), "--tmpfs", "/tmp"]
+    argv += ["--perms", "01777", "--size", str(limits.disk_mb << 20), "--tmpfs", _PRIVATE_TMP]
     argv += ["--perms", "0777", "--size", str(limits.disk_mb << 20), "--tmpfs", _WORKDIR]
     for key, value in _environment(threads, _WORKDIR).items():
         argv += ["--setenv", key, value]
@@ -319,7 +320,7 @@ def sandbox_support() -> SandboxSupport:
         return SandboxSupport(
             False, "bubblewrap is not installed (apt-get install bubblewrap, or dnf install bubblewrap)"
         )
-    hidden = [str(path) for path in _python_dirs() if path == Path("/tmp") or Path("/tmp") in path.parents]
+    hidden = [str(path) for path in _python_dirs() if path.is_relative_to(_PRIVATE_TMP)]
     if hidden:
         return SandboxSupport(
             False,

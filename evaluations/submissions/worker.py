@@ -165,7 +165,7 @@ def main(argv: list[str]) -> int:
     os.dup2(devnull, 0)
     os.dup2(2, 1)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
-    os.nice(int(spec.get("nice", 0)))  # threads started later (OpenMP's) inherit it
+    os.nice(int(spec["nice"]))  # threads started later (OpenMP's) inherit it
     apply_limits(spec["limits"])
     if spec.get("copy_from"):
         copy_submission(Path(spec["copy_from"]), Path.cwd())

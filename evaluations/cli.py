@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from .allocator import keep_freed_memory
 from .config import PRESETS, ConfigError, describe_schema, load_config_file, resolve_config
 from .config.resolve import parse_override
 from .executors import EXECUTORS
@@ -378,6 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = program_name()
     command = argv[0] if argv else ""
+    keep_freed_memory()
     try:
         if command == "analyze":
             from . import analyze

@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .allocator import keep_freed_memory
+
 if TYPE_CHECKING:  # pragma: no cover - only named in annotations; importing it would load torch
     from .storage import WorkStore
 
@@ -111,6 +113,7 @@ def _run_unit(function: Callable[..., Mapping[str, Any]], threads: int, fingerpr
     import torch
 
     check_code(fingerprints)
+    keep_freed_memory()
     torch.set_num_threads(threads)
     start = time.perf_counter()
     arrays = {name: np.asarray(value) for name, value in function(*args).items()}
@@ -121,6 +124,7 @@ def _run_job(job: Callable[[], Any], threads: int, fingerprints: dict) -> Any:
     import torch
 
     check_code(fingerprints)
+    keep_freed_memory()
     torch.set_num_threads(threads)
     return job()
 

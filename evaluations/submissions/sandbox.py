@@ -41,6 +41,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..allocator import worker_environment
+
 __all__ = [
     "NOBODY",
     "WORKER_DIR",
@@ -202,6 +204,7 @@ def _environment(threads: int, home: str) -> dict[str, str]:
         # (OMP_WAIT_POLICY=PASSIVE) 19-25 ms, waiting at nice 19 15-16 ms, in the evaluator's process
         # 13-15 ms.
         "GOMP_SPINCOUNT": "300000",
+        **worker_environment(),  # malloc keeps a batch's freed activations for the next (allocator.py)
         "PYTHONDONTWRITEBYTECODE": "1",
     }
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_freed_memory", "worker_environment"]
 
@@ -44,7 +43,12 @@ def _user_has_chosen() -> bool:
 
 
 def _on_glibc() -> bool:
-    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    # The C library this process runs on, asked directly (instant; ``platform.libc_ver`` would read the
+    # Python executable, and this runs for every unit of work on a Ray worker).
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def keep_freed_memory() -> bool:

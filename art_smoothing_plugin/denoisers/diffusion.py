@@ -58,6 +58,11 @@ NoiseModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # Noisy inputs further than this many sigma outside clip_values are refused as data in the wrong units.
 # A Gaussian coordinate exceeds 10 sigma with probability ~1.5e-23: a sound input is never refused.
 _RANGE_CHECK_SIGMAS = 10.0
+#: What an exported copy's range assertion says (it cannot name the values it saw).
+_RANGE_MESSAGE = (
+    "x holds values more than {sigmas:g} sigma outside clip_values=({low:g}, {high:g}): the data's range "
+    "does not match clip_values (are the images in [0, 255] instead of [0, 1]?)"
+)
 
 
 def _as_alpha_bars(alpha_bars: Sequence[float] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -203,6 +208,9 @@ class DiffusionDenoiser(nn.Module):
         self.denoising_steps = steps
         #: the timesteps the model is evaluated at, in order (t* first).
         self.timesteps = tuple(int(t) for t in np.linspace(self.timestep, 0, steps).round().astype(int))
+        # abar at those timesteps as Python numbers, read once: forward() then reads no buffer value, so
+        # torch.export can trace it (a value read from a buffer is data-dependent to it).
+        self._step_alpha_bars = {t: float(self.alpha_bars[t]) for t in self.timesteps}
         self.eval()  # the base classifier must be deterministic: no dropout, batch statistics frozen
 
     # -- the model's view of the noisy input ------------------------------------------------------
@@ -215,7 +223,7 @@ class DiffusionDenoiser(nn.Module):
     @property
     def alpha_bar(self) -> float:
         """``abar_t*``."""
-        return float(self.alpha_bars[self.timestep])
+        return self._step_alpha_bars[self.timestep]
 
     @property
     def input_noise_std(self) -> float:
@@ -279,12 +287,19 @@ class DiffusionDenoiser(nn.Module):
             return x_noisy
         if not x_noisy.is_floating_point():
             x_noisy = x_noisy.float()
-        self._check_units(x_noisy.detach())
+        if torch.compiler.is_exporting():
+            # torch.export cannot trace the data-dependent raise: an exported copy asserts the same range
+            low, high = self.clip_values
+            slack = _RANGE_CHECK_SIGMAS * self.sigma
+            inside = (x_noisy.min() >= low - slack) & (x_noisy.max() <= high + slack)
+            torch._assert_async(inside, _RANGE_MESSAGE.format(sigmas=_RANGE_CHECK_SIGMAS, low=low, high=high))
+        else:
+            self._check_units(x_noisy.detach())
         model_low, model_high = self.model_data_range
         x_t = self.model_input(x_noisy)
         clean = x_t
         for index, t in enumerate(self.timesteps):
-            alpha_bar = float(self.alpha_bars[t])
+            alpha_bar = self._step_alpha_bars[t]
             output = self._call_model(x_t, t)
             estimate = self._predict_clean(x_t, output, alpha_bar)
             clean = estimate.clamp(model_low, model_high)
@@ -294,7 +309,7 @@ class DiffusionDenoiser(nn.Module):
                     noise_estimate = output
                 else:
                     noise_estimate = (x_t - math.sqrt(alpha_bar) * estimate) / math.sqrt(1.0 - alpha_bar)
-                next_alpha_bar = float(self.alpha_bars[self.timesteps[index + 1]])
+                next_alpha_bar = self._step_alpha_bars[self.timesteps[index + 1]]
                 x_t = math.sqrt(next_alpha_bar) * clean + math.sqrt(1.0 - next_alpha_bar) * noise_estimate
         return self.to_raw_units(clean).clamp(*self.clip_values)
 

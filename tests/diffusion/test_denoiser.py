@@ -175,6 +175,34 @@ def test_refuses_data_in_other_units_than_clip_values() -> None:
     assert denoiser(noisy).shape == noisy.shape
 
 
+@pytest.mark.parametrize("steps", [1, 3])
+def test_an_exported_copy_computes_the_same_and_keeps_the_range_check(steps: int) -> None:
+    """torch.export traces the denoiser (the harness runs it so, in a submission's worker): the same
+    outputs at any batch size, and inputs in other units still refused, by an assertion in the graph."""
+    conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+    torch.nn.init.normal_(conv.weight, generator=make_generator(0))
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.conv(x) * (1.0 + t[:, None, None, None] / 1000.0)
+
+    denoiser = DiffusionDenoiser(Model(), linear_alpha_bars(1000), 0.25, denoising_steps=steps)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    example = (torch.rand(2, 1, 8, 8, generator=make_generator(1)),)
+    exported = torch.export.export(denoiser, example, dynamic_shapes=({0: batch},), strict=False).module()
+    for size in (1, 5):
+        x = torch.rand(size, 1, 8, 8, generator=make_generator(size)) + 0.25 * torch.randn(
+            size, 1, 8, 8, generator=make_generator(size + 10)
+        )
+        torch.testing.assert_close(exported(x), denoiser(x), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="does not match clip_values"):
+        exported(torch.rand(4, 1, 8, 8, generator=make_generator(0)) * 255)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "argument"),
     [

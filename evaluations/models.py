@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from .reproducibility import config_hash, derive_seed
 from .storage import atomic_write_json, atomic_writer
 from .submissions.formats import OpenedModel, folder_digest, open_model
 from .submissions.loading import LoadError, import_attribute, read_state_dict
-from .submissions.remote import SubmissionFailure
+from .submissions.remote import RemoteModule, SubmissionFailure, export_front
 from .submissions.sandbox import Limits
 from .zoo import build_model
 
@@ -78,6 +79,58 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self.mean) / self.std)
+
+
+def in_worker_behind(
+    model: nn.Module,
+    front: nn.Module,
+    example: torch.Tensor,
+    *,
+    cache_dir: Path | None = None,
+    identity: dict[str, Any] | None = None,
+) -> nn.Module | None:
+    """``model(front(x))`` answered wholly by a worker when ``model`` is a submission's model that runs
+    in one (normalised or not); ``None`` for a model in this process, or a ``front`` that cannot be
+    exported, which then stays in this process (:meth:`RemoteModule.behind`).
+
+    Why: denoised smoothing of a submission otherwise runs the denoiser here and the submission's model
+    in its worker, and every attack step waits on both in turn; with both in the worker the step costs
+    what it costs in process, plus the exchange. The worker is the submission's, so it reads the
+    denoiser's weights (the defence the course applies to every submission, trained on the public
+    training split), read-only, and nothing else of the evaluator's.
+
+    :param example: a batch of at least 2 inputs, shaped like the data.
+    :param cache_dir: with ``identity`` (what determines ``front``'s weights and computation), the
+        exported program is kept under ``cache_dir/fronts`` and reused: exporting takes 1-2 s.
+    """
+    remote = model.model if isinstance(model, Normalized) else model
+    if not isinstance(remote, RemoteModule) or not remote.can_start_workers:
+        return None
+    normalisation = None
+    if isinstance(model, Normalized):  # the same (x - mean) / std, after front
+        normalise = Normalized(nn.Identity(), [0.0], [1.0])
+        normalise.mean, normalise.std = model.mean.clone(), model.std.clone()
+        front = nn.Sequential(front, normalise)
+        normalisation = [model.mean.flatten().tolist(), model.std.flatten().tolist()]
+    if cache_dir is None or identity is None:
+        return remote.behind(front, example)
+    key = config_hash(
+        {
+            "front": identity,
+            "normalisation": normalisation,
+            "input_shape": list(example.shape[1:]),
+            "torch": torch.__version__,
+        }
+    )
+    program = Path(cache_dir) / "fronts" / f"front-{key}.pt2"
+    if not program.is_file():
+        program.parent.mkdir(parents=True, exist_ok=True)
+        partial = program.with_name(f".{program.stem}.{os.getpid()}.partial.pt2")
+        if export_front(front, example, partial) is None:
+            partial.unlink(missing_ok=True)
+            return None
+        os.replace(partial, program)  # whole or absent, even with runs sharing the cache
+    return remote.behind_program(program)
 
 
 def _config_error(error: LoadError) -> ConfigError:

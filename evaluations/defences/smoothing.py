@@ -161,9 +161,26 @@ def _denoiser(context: BuildContext, sigma: float, classifier: Any, classifier_k
     return context.models.cached(label, spec, build, train, save=save_denoiser, load=load_denoiser)
 
 
-def _denoised_estimator(context: BuildContext, classifier: Any, denoiser: Any, sigma: float, n0: int):
-    """Smoothing of ``classifier o denoiser`` at ``sigma`` with the run's alpha, m, seed and batch size."""
+def _denoised_estimator(
+    context: BuildContext, classifier: Any, denoiser: Any, sigma: float, n0: int, denoiser_identity: dict
+):
+    """Smoothing of ``classifier o denoiser`` at ``sigma`` with the run's alpha, m, seed and batch size.
+    A submission's classifier in a worker gets a worker of its own that runs the denoiser too
+    (:func:`~evaluations.models.in_worker_behind`; ``denoiser_identity`` keys its exported program):
+    the estimator then smooths that one composed model."""
+    import torch
+
     from art_smoothing_plugin.estimators.denoised_smoothing import DenoisedSmoothingClassifier
+
+    from ..models import in_worker_behind
+
+    if denoiser is not None:
+        example = torch.as_tensor(context.dataset.x_test[:2], dtype=torch.float32)
+        composed = in_worker_behind(
+            classifier, denoiser, example, cache_dir=context.models.cache_dir, identity=denoiser_identity
+        )
+        if composed is not None:
+            classifier, denoiser = composed, None
 
     return DenoisedSmoothingClassifier(
         classifier,
@@ -187,7 +204,9 @@ def build_denoised_smoothing(context: BuildContext) -> list[SmoothedDefence]:
     defences = []
     for sigma in settings["sigmas"]:
         denoiser, denoiser_key = _denoiser(context, sigma, classifier, classifier_key)
-        estimator = _denoised_estimator(context, classifier, denoiser, sigma, settings["n0"])
+        estimator = _denoised_estimator(
+            context, classifier, denoiser, sigma, settings["n0"], {"denoiser": denoiser_key}
+        )
         defences.append(
             smoothed_defence(
                 context,
@@ -256,7 +275,8 @@ def build_diffusion_smoothing(context: BuildContext) -> list[SmoothedDefence]:
             denoiser = ddpm.denoiser(sigma, clip_values=(0.0, 1.0), denoising_steps=steps)
         except ValueError as error:
             raise ValueError(f"diffusion.sigmas: {error}") from error
-        estimator = _denoised_estimator(context, classifier, denoiser, sigma, settings["n0"])
+        front = {"ddpm": ddpm_key, "sigma": sigma, "timestep": denoiser.timestep, "denoising_steps": steps}
+        estimator = _denoised_estimator(context, classifier, denoiser, sigma, settings["n0"], front)
         defences.append(
             smoothed_defence(
                 context,

@@ -16,7 +16,12 @@ through a local model.
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import functools
+import io
 import itertools
+import logging
 import os
 import shutil
 import signal
@@ -24,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +46,7 @@ try:  # widens the pipes to a worker (Linux); without it they keep their size
 except ImportError:  # pragma: no cover - not on Windows, where the sandbox does not run either
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RemoteModule", "SubmissionFailure", "WorkerClient", "start_worker"]
+__all__ = ["RemoteModule", "SubmissionFailure", "WorkerClient", "export_front", "start_worker"]
 
 #: Most classes a worker's outputs may have before the expected count is known (the first probe).
 MAX_OUTPUTS = 100_000
@@ -154,16 +160,9 @@ class WorkerClient:
                 pass
 
     def close(self) -> None:
-        """Ask the worker to exit, and kill it if it does not at once."""
-        if self.process.poll() is None:
-            try:
-                wire.write_all(self._request_fd, wire.encode(wire.Kind.CLOSE), time.monotonic() + 1.0)
-            except wire.ProtocolError:
-                pass
-            try:
-                self.process.wait(timeout=2.0)
-            except subprocess.TimeoutExpired:
-                pass
+        """Stop the worker (its whole sandbox) at once. It holds nothing that needs a clean exit (its
+        files are a tmpfs or a private copy, removed here), and asking it to exit cost the interpreter's
+        shutdown with torch, 0.5-0.6 s a worker, at the end of every run."""
         self._stop(self.stop_reason or "closed")
         self.process.wait()
         self._drain.join(timeout=2.0)
@@ -246,9 +245,17 @@ class WorkerClient:
             self._stop("closed its reply pipe")
 
     def _call(
-        self, kind: int, array: np.ndarray, tag: int, expect: tuple[int, ...] | None, what: str
+        self,
+        kind: int,
+        array: np.ndarray,
+        tag: int,
+        expect: tuple[int, ...] | None,
+        what: str,
+        work_bytes: int | None = None,
     ) -> np.ndarray | None:
-        """Send one request and return the checked array of its reply (``None`` for UNKNOWN_HANDLE)."""
+        """Send one request and return the checked array of its reply (``None`` for UNKNOWN_HANDLE).
+        ``work_bytes`` sizes the work the request asks for (default: its own payload), which decides
+        whether the answer is polled for (:func:`wire.spin_for`)."""
         if self.failure is not None:
             raise SubmissionFailure(self.failure, self.output)
         with self._lock:
@@ -265,7 +272,7 @@ class WorkerClient:
             else:
                 max_payload = len(array) * MAX_OUTPUTS * 4
             allowed = frozenset({wire.Kind.ARRAY, wire.Kind.FAILED, wire.Kind.UNKNOWN_HANDLE})
-            spin = wire.spin_for(array.nbytes)
+            spin = wire.spin_for(array.nbytes if work_bytes is None else work_bytes)
             reply = self._receive(allowed, max_payload, deadline, self.call_timeout, what, spin)
         if reply.kind == wire.Kind.FAILED:
             self._stop("failed")
@@ -309,10 +316,16 @@ class WorkerClient:
         """The gradient of ``<outputs, cotangent>`` with respect to the inputs of ``handle``'s forward
         pass (recomputed from ``x`` if the worker no longer keeps that graph)."""
         self.requests["vjp"] += 1
-        result = self._call(wire.Kind.VJP, cotangent, handle, x.shape, "computing a gradient")
+        # The backward pass costs what the forward pass of x did, whatever the cotangent's size: polling
+        # for the answer to a large one would take a core from the worker's threads for nothing.
+        result = self._call(
+            wire.Kind.VJP, cotangent, handle, x.shape, "computing a gradient", work_bytes=x.nbytes
+        )
         if result is None:
             _, handle = self.forward_keep(x, cotangent.shape[1])
-            result = self._call(wire.Kind.VJP, cotangent, handle, x.shape, "computing a gradient")
+            result = self._call(
+                wire.Kind.VJP, cotangent, handle, x.shape, "computing a gradient", work_bytes=x.nbytes
+            )
             if result is None:
                 self._stop("protocol")
                 self._fail("lost the graph of a gradient it had just computed")
@@ -370,10 +383,18 @@ class RemoteModule(nn.Module):
         the caller).
     """
 
-    def __init__(self, client: WorkerClient, outputs: int | None = None) -> None:
+    def __init__(
+        self,
+        client: WorkerClient,
+        outputs: int | None = None,
+        *,
+        launch: Callable[..., WorkerClient] | None = None,
+    ) -> None:
         super().__init__()
         self.client = client
         self.outputs = outputs
+        self._launch = launch
+        self._chains: list[RemoteModule] = []  # the workers behind() started: closed with this one
         # An empty parameter gives the module a device for code that asks ``next(model.parameters())``.
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
@@ -387,8 +408,149 @@ class RemoteModule(nn.Module):
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self.client.forward(array, self.outputs)).to(x.device)
 
+    @property
+    def can_start_workers(self) -> bool:
+        """Whether :meth:`behind` can start workers (a module made by :func:`start_worker` can)."""
+        return self._launch is not None
+
+    def behind(self, front: nn.Module, example: torch.Tensor) -> RemoteModule | None:
+        """``self(front(x))`` as one model answered by a new worker of the same submission, which runs
+        ``front`` (the evaluator's module, e.g. a denoiser) before the submission's model: an attack step
+        then costs the worker's two exchanges and no pass of ``front`` in the evaluator between them.
+        ``None`` when this module cannot start workers or ``front`` cannot be exported
+        (:func:`export_front`); see :meth:`behind_program`.
+
+        :param example: a batch of at least 2 inputs of ``front``'s shape.
+        """
+        if self._launch is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="art-smoothing-export-") as folder:
+            program = export_front(front, example, Path(folder) / "front.pt2")
+            return None if program is None else self.behind_program(program)
+
+    def behind_program(self, program: Path) -> RemoteModule:
+        """``self(front(x))`` where ``program`` is ``front`` as written by :func:`export_front` (a copy is
+        made: the file may be a cached one). The new worker has this one's isolation and limits
+        (``front``'s computation counts toward its CPU seconds) and reads ``front``'s weights, read-only:
+        export nothing a submission must not read. Closing this module closes it too.
+
+        :raises RuntimeError: this module cannot start workers (:attr:`can_start_workers`).
+        :raises SubmissionFailure: the worker did not start.
+        """
+        if self._launch is None:
+            raise RuntimeError("this RemoteModule was not made by start_worker: it cannot start workers")
+        folder = Path(tempfile.mkdtemp(prefix="art-smoothing-front-"))
+
+        def remove() -> None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+        try:
+            copy = Path(shutil.copyfile(program, folder / "front.pt2"))
+            os.chmod(copy, 0o644)  # the sandbox's uid 65534 reads it through a read-only bind of this file
+        except OSError:
+            remove()
+            raise
+        chain = RemoteModule(self._launch(front=copy, cleanup=remove), self.outputs)
+        self._chains.append(chain)
+        return chain
+
     def close(self) -> None:
+        for chain in self._chains:
+            chain.close()
+        self._chains.clear()
         self.client.close()
+
+
+#: The loggers through which torch.export reports a module it cannot trace.
+_EXPORT_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch.export", "torch._export")
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
+def export_front(front: nn.Module, example: torch.Tensor, path: Path) -> Path | None:
+    """Write ``front`` as a ``torch.export`` program for a worker to run before its model: a copy in eval
+    mode on the CPU, traced on ``example`` (a batch of at least 2 inputs) with the batch size left free.
+    Returns ``path``, or ``None`` when ``front`` cannot be exported (data-dependent control flow, such as
+    a check of its inputs' range): it then stays in the evaluator."""
+    if len(example) < 2:
+        raise ValueError(f"example must hold at least 2 inputs (1 fixes the batch size), got {len(example)}")
+    module = copy.deepcopy(front).to("cpu").eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 24)
+    # A front that cannot be exported is expected (it stays here): torch would log its whole graph.
+    loggers = [logging.getLogger(name) for name in _EXPORT_LOGGERS]
+    try:
+        for logger in loggers:
+            logger.addFilter(_below_error)  # a filter, since torch.export resets its loggers' levels
+        # torch.export.save warns about weights it has just put on the CPU; a failed trace prints its graph
+        quiet = io.StringIO()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            warnings.simplefilter("ignore", UserWarning)
+            inputs = (example.detach().to("cpu", torch.float32),)
+            program = torch.export.export(module, inputs, dynamic_shapes=({0: batch},), strict=False)
+            torch.export.save(program, str(path))
+    except Exception:  # noqa: BLE001 -- whatever stops the export, the front runs here as before
+        return None
+    finally:
+        for logger in loggers:
+            logger.removeFilter(_below_error)
+    return path
+
+
+def _launch(
+    folder: Path,
+    spec: dict[str, Any],
+    *,
+    isolation: str,
+    limits: Limits,
+    threads: int,
+    protected: Sequence[Path],
+    front: Path | None = None,
+    cleanup: Callable[[], None] | None = None,
+) -> WorkerClient:
+    """Start one worker for the submission in ``folder`` (``front``: see :func:`export_front`);
+    ``cleanup`` runs when it closes, or at once if it does not start."""
+    private: Path | None = None
+
+    def on_close() -> None:
+        if private is not None:
+            shutil.rmtree(private, ignore_errors=True)
+        if cleanup is not None:
+            cleanup()
+
+    try:
+        if isolation == "sandbox":
+            support = sandbox_support()
+            if not support.available:
+                raise SubmissionFailure(f"the sandbox is not available here: {support.reason}")
+            exposed = exposed_paths(folder, list(protected))
+            if exposed:
+                raise SubmissionFailure(
+                    f"the sandbox would let the submission read {exposed[0]}; keep submissions, results and "
+                    "configuration outside the Python installation and the system folders"
+                )
+            command = sandbox_command(folder, spec, limits, threads, support, front)
+        elif isolation == "process":
+            private = Path(tempfile.mkdtemp(prefix="art-smoothing-submission-"))
+            shutil.copytree(folder, private / "submission", symlinks=True)
+            command = process_command(private / "submission", spec, limits, threads, front)
+        else:
+            raise ValueError(f"isolation must be 'sandbox' or 'process', got {isolation!r}")
+    except BaseException:
+        on_close()
+        raise
+    try:
+        return WorkerClient(
+            command,
+            output_kb=limits.output_kb,
+            load_timeout=limits.load_timeout,
+            call_timeout=limits.call_timeout,
+            on_close=on_close,
+        )
+    except OSError as error:
+        on_close()
+        raise SubmissionFailure(f"the worker did not start: {error}") from None
 
 
 def start_worker(
@@ -401,7 +563,8 @@ def start_worker(
     outputs: int | None = None,
     protected: Sequence[Path] = (),
 ) -> RemoteModule:
-    """Start a worker for the submission in ``folder`` and return its model as a :class:`RemoteModule`.
+    """Start a worker for the submission in ``folder`` and return its model as a :class:`RemoteModule`
+    (whose :meth:`~RemoteModule.behind` starts further workers for the same submission).
 
     :param spec: ``{"format": "python" | "torch_export", "module", "weights", "kwargs"}``, paths relative
         to ``folder``.
@@ -410,39 +573,13 @@ def start_worker(
         configuration, model cache); a sandbox that would expose one is refused.
     :raises SubmissionFailure: the worker could not be started or did not load the model.
     """
-    folder = Path(folder).resolve()
-    on_close = None
-    if isolation == "sandbox":
-        support = sandbox_support()
-        if not support.available:
-            raise SubmissionFailure(f"the sandbox is not available here: {support.reason}")
-        exposed = exposed_paths(folder, list(protected))
-        if exposed:
-            raise SubmissionFailure(
-                f"the sandbox would let the submission read {exposed[0]}; keep submissions, results and "
-                "configuration outside the Python installation and the system folders"
-            )
-        command = sandbox_command(folder, spec, limits, threads, support)
-    elif isolation == "process":
-        private = Path(tempfile.mkdtemp(prefix="art-smoothing-submission-"))
-        shutil.copytree(folder, private / "submission", symlinks=True)
-        command = process_command(private / "submission", spec, limits, threads)
-
-        def on_close() -> None:
-            shutil.rmtree(private, ignore_errors=True)
-
-    else:
-        raise ValueError(f"isolation must be 'sandbox' or 'process', got {isolation!r}")
-    try:
-        client = WorkerClient(
-            command,
-            output_kb=limits.output_kb,
-            load_timeout=limits.load_timeout,
-            call_timeout=limits.call_timeout,
-            on_close=on_close,
-        )
-    except OSError as error:
-        if on_close is not None:
-            on_close()
-        raise SubmissionFailure(f"the worker did not start: {error}") from None
-    return RemoteModule(client, outputs)
+    launch = functools.partial(
+        _launch,
+        Path(folder).resolve(),
+        spec,
+        isolation=isolation,
+        limits=limits,
+        threads=threads,
+        protected=tuple(protected),
+    )
+    return RemoteModule(launch(), outputs, launch=launch)

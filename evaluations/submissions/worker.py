@@ -13,7 +13,10 @@ Order of work, so that the limits bind before any submitted code runs:
    processes, file size, no core files);
 3. copy the submission's files into the private working directory (sandbox: a size-limited tmpfs);
 4. load the model (:mod:`loading`: import the module or the ``torch.export`` program, build it, load the
-   weights with ``weights_only=True``), then set torch's thread count;
+   weights with ``weights_only=True``), then set torch's thread count; with a ``front`` in the spec (a
+   ``torch.export`` program of the evaluator's, e.g. the denoiser of denoised smoothing, bound read-only),
+   the worker answers for ``model(front(x))``: the denoiser's passes run beside the model's instead of in
+   the evaluator between two requests;
 5. reply READY, then serve FORWARD, FORWARD_KEEP and VJP requests until CLOSE or the pipe closes.
 
 Failures become one FAILED text message (type and message of the exception, never a traceback object).
@@ -87,6 +90,23 @@ def load_model(spec: dict[str, Any]) -> Any:
     obj = loading.import_attribute(spec["module"], "model.module", folder)
     model = loading.build_user_module(obj, spec["module"], spec["kwargs"])
     return loading.load_weights_into(model, Path(spec["weights"]), spec["module"])
+
+
+def load_front(path: Path) -> Any:
+    """The evaluator's front program (exported in eval mode by :func:`remote.export_front`)."""
+    try:
+        return loading.load_exported_program(path)
+    except loading.LoadError as error:  # the evaluator's file, not the submission's: say so
+        raise RuntimeError(f"the evaluator's front module {path} did not load: {error}") from None
+
+
+def behind(front: Any, model: Any) -> Any:
+    """``x -> model(front(x))``: the composition the evaluator asked this worker to answer for."""
+
+    def composed(x: Any) -> Any:
+        return model(front(x))
+
+    return composed
 
 
 def _outputs(result: Any) -> Any:
@@ -179,6 +199,8 @@ def main(argv: list[str]) -> int:
                 model.eval()
             except Exception:  # a torch.export module may refuse eval(); its mode was fixed at export
                 pass
+        if spec.get("front"):
+            model = behind(load_front(Path(spec["front"])), model)
     except loading.LoadError as error:  # "config key 'model.…': expected …": the evaluator keeps the key
         wire.write_all(channel_out, wire.encode(wire.Kind.FAILED, text=" ".join(str(error).split())))
         return 1

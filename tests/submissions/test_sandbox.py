@@ -57,6 +57,93 @@ def test_a_worker_answers_exactly_like_the_model_in_process(tmp_path, sandbox, i
         remote.close()
 
 
+@pytest.mark.parametrize("isolation", ["sandbox", "process"])
+def test_a_worker_behind_a_front_answers_like_the_composition_in_process(tmp_path, sandbox, isolation):
+    """behind(): the evaluator's denoiser, exported, runs in a worker of the submission's own in front of
+    its model; outputs and input gradients are those of model(denoiser(x)) in process, and closing the
+    submission's module stops that worker and removes the exported file."""
+    from art_smoothing_plugin.denoisers import DENOISER_ARCHITECTURES
+
+    folder = write_python_submission(tmp_path / "bob")
+    denoiser = DENOISER_ARCHITECTURES["dncnn"](channels=1, depth=3, width=8, seed=0).eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # an untrained residual denoiser is close to the identity: make it act
+        for parameter in denoiser.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    local = honest_module()
+    remote = start_worker(folder, PYTHON_SPEC, isolation=isolation, limits=TEST_LIMITS, threads=1, outputs=10)
+    try:
+        x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+        chain = remote.behind(denoiser, x[:2])
+        assert chain is not None and chain.client is not remote.client
+        with torch.no_grad():
+            expected = local(denoiser(x))
+            torch.testing.assert_close(chain(x), expected, rtol=1e-5, atol=1e-6)
+            assert not torch.allclose(remote(x), expected)  # the front did run: not the model alone
+        mine, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        labels = torch.arange(20) % 10
+        torch.nn.functional.cross_entropy(chain(mine), labels).backward()
+        torch.nn.functional.cross_entropy(local(denoiser(theirs)), labels).backward()
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6)
+        front_file = Path(chain.client.command.argv[-1].split('"front": "')[1].split('"')[0])
+        if isolation == "process":  # the sandbox names its read-only bind, not the evaluator's file
+            assert front_file.is_file()
+    finally:
+        remote.close()
+    assert chain.client.process.poll() is not None
+    if isolation == "process":
+        assert not front_file.exists()
+
+
+def test_the_answer_to_a_gradient_is_polled_for_only_after_a_small_forward_pass(tmp_path, monkeypatch):
+    """Polling takes a core; it pays only when the answer comes within the polling window. A gradient
+    costs what its forward pass did, however small its cotangent: 1,000 digits' cotangent (40 KB) is
+    under wire.SPIN_BYTES, their inputs (256 KB) are not, and their backward pass runs for milliseconds on
+    every thread the worker has."""
+    from evaluations.submissions import wire
+
+    folder = write_python_submission(tmp_path / "bob")
+    remote = start_worker(folder, PYTHON_SPEC, isolation="process", limits=TEST_LIMITS, threads=1, outputs=10)
+    polled: list[tuple[str, float]] = []
+    receive = remote.client._receive
+
+    def recording(allowed, max_payload, deadline, limit, what, spin=0.0):
+        polled.append((what, spin))
+        return receive(allowed, max_payload, deadline, limit, what, spin)
+
+    monkeypatch.setattr(remote.client, "_receive", recording)
+    try:
+        for count in (1000, 10):
+            x = torch.rand(count, 1, 8, 8, requires_grad=True)
+            remote(x).sum().backward()
+    finally:
+        remote.close()
+    assert 1000 * 10 * 4 <= wire.SPIN_BYTES < 1000 * 64 * 4
+    spin = wire.SPIN_SECONDS
+    assert polled == [
+        ("computing outputs", 0.0),
+        ("computing a gradient", 0.0),
+        ("computing outputs", spin),
+        ("computing a gradient", spin),
+    ]
+
+
+def test_a_front_that_cannot_be_exported_stays_with_the_evaluator(tmp_path):
+    class Checked(torch.nn.Module):  # data-dependent control flow: torch.export cannot trace it
+        def forward(self, x):
+            if float(x.max()) > 1.5:
+                raise ValueError("inputs outside [0, 1]")
+            return x
+
+    folder = write_python_submission(tmp_path / "bob")
+    remote = start_worker(folder, PYTHON_SPEC, isolation="process", limits=TEST_LIMITS, threads=1, outputs=10)
+    try:
+        assert remote.behind(Checked(), torch.rand(2, 1, 8, 8)) is None
+        assert remote._chains == []
+    finally:
+        remote.close()
+
+
 def test_the_rand_autoattack_asks_a_worker_twice_per_step_not_twice_per_noise_draw(tmp_path):
     """The rand version's EOT draws of a step reach the worker as one forward and one gradient request
     (evaluations.attacks.eot): a round trip costs ~0.5 ms, and AutoAttack makes thousands of steps."""

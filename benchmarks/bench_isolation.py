@@ -6,8 +6,8 @@ Each run is the command an instructor's run performs for one submission, as a fr
 results folder: ``python3 -m evaluations run --preset quick --config <submission.toml> --set
 isolation.mode=MODE --out <new folder> --cache-dir <shared cache>``, with the defences instructor mode
 evaluates a submission under (every defence that does not train its own classifier). The shared model
-cache is filled by a warm-up run first, so every timed run only loads the denoiser and the DDPM, as a
-second instructor's run would. The pairs alternate which mode goes first, and each pair's ratio is taken
+cache is filled by a warm-up run in the sandbox first (it trains the models and exports the denoisers that
+the submission's workers run), so every timed run only loads them, as a second instructor's run would. The pairs alternate which mode goes first, and each pair's ratio is taken
 (a shared host's speed drifts within minutes); the table gives every run, the ratios and their median.
 
 Run: ``python3 benchmarks/bench_isolation.py`` (about 30 minutes on 2 idle cores: a warm-up that trains
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     config = make_submission(work / "submission")
     cache = Path(args.cache_dir) if args.cache_dir else work / "cache"
     print(f"warm-up (fills the model cache under {cache}) ...", flush=True)
-    run_once(config, "none", work / "warm-up", cache, 2)  # trains every model; evaluates 2 points
+    run_once(config, "sandbox", work / "warm-up", cache, 2)  # trains and exports every model; 2 points
     rows = []
     for pair in range(args.pairs):
         order = ["none", "sandbox"] if pair % 2 == 0 else ["sandbox", "none"]

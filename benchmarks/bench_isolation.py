@@ -7,8 +7,9 @@ results folder: ``python3 -m evaluations run --preset quick --config <submission
 isolation.mode=MODE --out <new folder> --cache-dir <shared cache>``, with the defences instructor mode
 evaluates a submission under (every defence that does not train its own classifier). The shared model
 cache is filled by a warm-up run in the sandbox first (it trains the models and exports the denoisers that
-the submission's workers run), so every timed run only loads them, as a second instructor's run would. The pairs alternate which mode goes first, and each pair's ratio is taken
-(a shared host's speed drifts within minutes); the table gives every run, the ratios and their median.
+the submission's workers run), so every timed run only loads them, as a second instructor's run would.
+The pairs alternate which mode goes first, and each pair's ratio is taken (a shared host's speed drifts
+within minutes); the table gives every run, the ratios and their median.
 
 Run: ``python3 benchmarks/bench_isolation.py`` (about 30 minutes on 2 idle cores: a warm-up that trains
 the models, evaluating 2 points, and three pairs of quick-preset runs); ``--pairs N``, ``--limit N``

@@ -162,11 +162,17 @@ def _denoiser(context: BuildContext, sigma: float, classifier: Any, classifier_k
 
 
 def _denoised_estimator(
-    context: BuildContext, classifier: Any, denoiser: Any, sigma: float, n0: int, denoiser_identity: dict
+    context: BuildContext,
+    classifier: Any,
+    denoiser: Any,
+    sigma: float,
+    n0: int,
+    denoiser_identity: dict | None = None,
 ):
     """Smoothing of ``classifier o denoiser`` at ``sigma`` with the run's alpha, m, seed and batch size.
     A submission's classifier in a worker gets a worker of its own that runs the denoiser too
-    (:func:`~evaluations.models.in_worker_behind`; ``denoiser_identity`` keys its exported program):
+    (:func:`~evaluations.models.in_worker_behind`; ``denoiser_identity`` keys its exported program in
+    the model cache, which without it is exported afresh):
     the estimator then smooths that one composed model."""
     import torch
 

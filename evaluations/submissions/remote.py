@@ -445,12 +445,12 @@ class RemoteModule(nn.Module):
             shutil.rmtree(folder, ignore_errors=True)
 
         try:
-            copy = Path(shutil.copyfile(program, folder / "front.pt2"))
-            os.chmod(copy, 0o644)  # the sandbox's uid 65534 reads it through a read-only bind of this file
+            private = Path(shutil.copyfile(program, folder / "front.pt2"))
+            os.chmod(private, 0o644)  # the sandbox's uid 65534 reads it through a read-only bind of this file
         except OSError:
             remove()
             raise
-        chain = RemoteModule(self._launch(front=copy, cleanup=remove), self.outputs)
+        chain = RemoteModule(self._launch(front=private, cleanup=remove), self.outputs)
         self._chains.append(chain)
         return chain
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -108,10 +107,8 @@ def in_worker_behind(
         return None
     normalisation = None
     if isinstance(model, Normalized):  # the same (x - mean) / std, after front
-        normalise = Normalized(nn.Identity(), [0.0], [1.0])
-        normalise.mean, normalise.std = model.mean.clone(), model.std.clone()
-        front = nn.Sequential(front, normalise)
         normalisation = [model.mean.flatten().tolist(), model.std.flatten().tolist()]
+        front = nn.Sequential(front, Normalized(nn.Identity(), *normalisation))
     if cache_dir is None or identity is None:
         return remote.behind(front, example)
     key = config_hash(
@@ -124,13 +121,20 @@ def in_worker_behind(
     )
     program = Path(cache_dir) / "fronts" / f"front-{key}.pt2"
     if not program.is_file():
-        program.parent.mkdir(parents=True, exist_ok=True)
-        partial = program.with_name(f".{program.stem}.{os.getpid()}.partial.pt2")
-        if export_front(front, example, partial) is None:
-            partial.unlink(missing_ok=True)
+
+        def export(temporary: Path) -> None:
+            if export_front(front, example, temporary) is None:
+                raise _NotExportable
+
+        try:
+            atomic_writer(program, export)  # whole or absent, even with runs sharing the cache
+        except _NotExportable:
             return None
-        os.replace(partial, program)  # whole or absent, even with runs sharing the cache
     return remote.behind_program(program)
+
+
+class _NotExportable(Exception):
+    """``front`` could not be exported (:func:`in_worker_behind` then leaves it in this process)."""
 
 
 def _config_error(error: LoadError) -> ConfigError:

@@ -103,7 +103,7 @@ def in_worker_behind(
         exported program is kept under ``cache_dir/fronts`` and reused: exporting takes 1-2 s.
     """
     remote = model.model if isinstance(model, Normalized) else model
-    if not isinstance(remote, RemoteModule) or not remote.can_start_workers:
+    if not isinstance(remote, RemoteModule):
         return None
     normalisation = None
     if isinstance(model, Normalized):  # the same (x - mean) / std, after front

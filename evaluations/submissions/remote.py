@@ -11,14 +11,15 @@ line that says what the submission did. Its stdout and stderr are drained by a t
 asks for outputs only; with them it asks the worker to keep the graph, and its backward pass sends the
 output cotangent and receives the input gradient (a vector-Jacobian product), so torchattacks' and ART's
 attacks, the smoothed soft classifier and every other part of the harness differentiate through it like
-through a local model.
+through a local model. :meth:`RemoteModule.behind` puts a module of the evaluator's (a denoiser) in
+front of the submission's model in the same worker: its ``torch.export`` program goes through the pipe and
+the worker answers a second route for ``model(front(x))``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import io
 import itertools
 import logging
@@ -104,10 +105,12 @@ class WorkerClient:
     ) -> None:
         self.command = command
         self._on_close = on_close
+        self.load_timeout = load_timeout
         self.call_timeout = call_timeout
         self.stop_reason: str | None = None
         self.failure: str | None = None
         self._handles = itertools.count(1)
+        self._routes = itertools.count(1)  # route 0 is the submission's model
         self._lock = threading.Lock()
         #: Requests answered, by kind name (the report gives them; the overhead scales with them).
         self.requests = {"forward": 0, "forward_keep": 0, "vjp": 0}
@@ -252,16 +255,17 @@ class WorkerClient:
         expect: tuple[int, ...] | None,
         what: str,
         work_bytes: int | None = None,
+        route: int = 0,
     ) -> np.ndarray | None:
-        """Send one request and return the checked array of its reply (``None`` for UNKNOWN_HANDLE).
-        ``work_bytes`` sizes the work the request asks for (default: its own payload), which decides
-        whether the answer is polled for (:func:`wire.spin_for`)."""
+        """Send one request (for ``route``: see :meth:`load_front`) and return the checked array of its
+        reply (``None`` for UNKNOWN_HANDLE). ``work_bytes`` sizes the work the request asks for (default:
+        its own payload), which decides whether the answer is polled for (:func:`wire.spin_for`)."""
         if self.failure is not None:
             raise SubmissionFailure(self.failure, self.output)
         with self._lock:
             deadline = time.monotonic() + self.call_timeout
             try:
-                wire.write_all(self._request_fd, wire.encode(kind, array, tag), deadline)
+                wire.write_all(self._request_fd, wire.encode(kind, array, tag, route=route), deadline)
             except wire.ProtocolError:
                 self._stop_if_dead()
                 if self.stop_reason is None:
@@ -295,26 +299,28 @@ class WorkerClient:
             self._fail(f"returned non-finite values (NaN or inf) while {what}")
         return result
 
-    def forward(self, x: np.ndarray, outputs: int | None = None) -> np.ndarray:
+    def forward(self, x: np.ndarray, outputs: int | None = None, route: int = 0) -> np.ndarray:
         """The model's outputs on ``x`` (float32, shape ``(len(x), outputs)``)."""
         self.requests["forward"] += 1
         expect = None if outputs is None else (len(x), outputs)
-        result = self._call(wire.Kind.FORWARD, x, 0, expect, "computing outputs")
+        result = self._call(wire.Kind.FORWARD, x, 0, expect, "computing outputs", route=route)
         assert result is not None
         return result
 
-    def forward_keep(self, x: np.ndarray, outputs: int | None = None) -> tuple[np.ndarray, int]:
+    def forward_keep(
+        self, x: np.ndarray, outputs: int | None = None, route: int = 0
+    ) -> tuple[np.ndarray, int]:
         """The outputs on ``x`` and a handle to their graph for one :meth:`vjp`."""
         self.requests["forward_keep"] += 1
         handle = next(self._handles) & 0xFFFFFFFF
         expect = None if outputs is None else (len(x), outputs)
-        result = self._call(wire.Kind.FORWARD_KEEP, x, handle, expect, "computing outputs")
+        result = self._call(wire.Kind.FORWARD_KEEP, x, handle, expect, "computing outputs", route=route)
         assert result is not None
         return result, handle
 
-    def vjp(self, handle: int, cotangent: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def vjp(self, handle: int, cotangent: np.ndarray, x: np.ndarray, route: int = 0) -> np.ndarray:
         """The gradient of ``<outputs, cotangent>`` with respect to the inputs of ``handle``'s forward
-        pass (recomputed from ``x`` if the worker no longer keeps that graph)."""
+        pass (recomputed from ``x`` on ``route`` if the worker no longer keeps that graph)."""
         self.requests["vjp"] += 1
         # The backward pass costs what the forward pass of x did, whatever the cotangent's size: polling
         # for the answer to a large one would take a core from the worker's threads for nothing.
@@ -322,7 +328,7 @@ class WorkerClient:
             wire.Kind.VJP, cotangent, handle, x.shape, "computing a gradient", work_bytes=x.nbytes
         )
         if result is None:
-            _, handle = self.forward_keep(x, cotangent.shape[1])
+            _, handle = self.forward_keep(x, cotangent.shape[1], route)
             result = self._call(
                 wire.Kind.VJP, cotangent, handle, x.shape, "computing a gradient", work_bytes=x.nbytes
             )
@@ -331,6 +337,40 @@ class WorkerClient:
                 self._fail("lost the graph of a gradient it had just computed")
         assert result is not None
         return result
+
+    def load_front(self, program: bytes, in_front_of: int = 0) -> int:
+        """Send ``program`` (the bytes of a file :func:`export_front` wrote) and return the new route
+        whose requests the worker answers for ``route_in_front_of(front(x))``.
+
+        :raises SubmissionFailure: the worker did not load it (it is stopped: the program is the
+            evaluator's, so a failure is the worker's doing or a sign it cannot be trusted to run it).
+        """
+        if self.failure is not None:
+            raise SubmissionFailure(self.failure, self.output)
+        route = next(self._routes)
+        if route > 255:
+            raise RuntimeError("a worker serves at most 255 fronts")
+        what = "loading the evaluator's front module"
+        payload = np.frombuffer(program, dtype="u1")
+        with self._lock:
+            deadline = time.monotonic() + self.load_timeout
+            try:
+                message = wire.encode(wire.Kind.LOAD_FRONT, payload, route, route=in_front_of)
+                wire.write_all(self._request_fd, message, deadline)
+            except wire.ProtocolError:
+                self._stop_if_dead()
+                if self.stop_reason is None:
+                    self._stop(f"did not read its input within {self.load_timeout:g} s")
+                self._fail(f"{self._exit_reason()} while {what}")
+            allowed = frozenset({wire.Kind.READY, wire.Kind.FAILED})
+            reply = self._receive(allowed, 0, deadline, self.load_timeout, what)
+        if reply.kind == wire.Kind.FAILED:
+            self._stop("failed")
+            self._fail(f"{_one_line(reply.text)} (while {what})")
+        if reply.tag != route:
+            self._stop("protocol")
+            self._fail(f"answered request {reply.tag} when asked for {route} (while {what})")
+        return route
 
 
 #: Bytes a pipe to or from a worker holds (Linux's default is 64 KiB). A batch of noisy inputs for
@@ -362,7 +402,7 @@ class _RemoteFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, module: RemoteModule) -> torch.Tensor:  # type: ignore[override]
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        outputs, handle = module.client.forward_keep(array, module.outputs)
+        outputs, handle = module.client.forward_keep(array, module.outputs, module.route)
         ctx.module, ctx.handle, ctx.array, ctx.device = module, handle, array, x.device
         return torch.from_numpy(outputs).to(x.device)
 
@@ -370,7 +410,7 @@ class _RemoteFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         cotangent = grad_output.detach().to("cpu", torch.float32).contiguous().numpy()
-        grad = ctx.module.client.vjp(ctx.handle, cotangent, ctx.array)
+        grad = ctx.module.client.vjp(ctx.handle, cotangent, ctx.array, ctx.module.route)
         return torch.from_numpy(grad).to(ctx.device), None
 
 
@@ -381,20 +421,14 @@ class RemoteModule(nn.Module):
     :param client: the running worker.
     :param outputs: the number of outputs per input every reply must have (``None``: any, checked by
         the caller).
+    :param route: which of the worker's models answers (0: the submission's; see :meth:`behind`).
     """
 
-    def __init__(
-        self,
-        client: WorkerClient,
-        outputs: int | None = None,
-        *,
-        launch: Callable[..., WorkerClient] | None = None,
-    ) -> None:
+    def __init__(self, client: WorkerClient, outputs: int | None = None, *, route: int = 0) -> None:
         super().__init__()
         self.client = client
         self.outputs = outputs
-        self._launch = launch
-        self._chains: list[RemoteModule] = []  # the workers behind() started: closed with this one
+        self.route = route
         # An empty parameter gives the module a device for code that asks ``next(model.parameters())``.
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
@@ -406,59 +440,38 @@ class RemoteModule(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             return _RemoteFunction.apply(x, self)
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.client.forward(array, self.outputs)).to(x.device)
-
-    @property
-    def can_start_workers(self) -> bool:
-        """Whether :meth:`behind` can start workers (a module made by :func:`start_worker` can)."""
-        return self._launch is not None
+        return torch.from_numpy(self.client.forward(array, self.outputs, self.route)).to(x.device)
 
     def behind(self, front: nn.Module, example: torch.Tensor) -> RemoteModule | None:
-        """``self(front(x))`` as one model answered by a new worker of the same submission, which runs
-        ``front`` (the evaluator's module, e.g. a denoiser) before the submission's model: an attack step
-        then costs the worker's two exchanges and no pass of ``front`` in the evaluator between them.
-        ``None`` when this module cannot start workers or ``front`` cannot be exported
-        (:func:`export_front`); see :meth:`behind_program`.
+        """``self(front(x))`` answered wholly by this module's worker, which runs ``front`` (the
+        evaluator's module, e.g. a denoiser) before the submission's model: an attack step then costs the
+        worker's two exchanges and no pass of ``front`` in the evaluator between them. ``None`` when
+        ``front`` cannot be exported (:func:`export_front`); see :meth:`behind_program`.
 
         :param example: a batch of at least 2 inputs of ``front``'s shape.
         """
-        if self._launch is None:
-            return None
         with tempfile.TemporaryDirectory(prefix="art-smoothing-export-") as folder:
             program = export_front(front, example, Path(folder) / "front.pt2")
             return None if program is None else self.behind_program(program)
 
     def behind_program(self, program: Path) -> RemoteModule:
-        """``self(front(x))`` where ``program`` is ``front`` as written by :func:`export_front` (a copy is
-        made: the file may be a cached one). The new worker has this one's isolation and limits
-        (``front``'s computation counts toward its CPU seconds) and reads ``front``'s weights, read-only:
-        export nothing a submission must not read. Closing this module closes it too.
+        """``self(front(x))`` where ``program`` is ``front`` as written by :func:`export_front`: the file's
+        bytes go to this module's worker through its pipe, and the module returned asks the worker for a
+        route of its own. One worker per submission: ``front`` runs under the submission's isolation and
+        limits (its computation counts toward the same CPU seconds) and the submission can read its
+        weights: export nothing a submission must not read. The returned module shares this one's worker
+        (closing it does nothing; closing this one stops the worker).
 
-        :raises RuntimeError: this module cannot start workers (:attr:`can_start_workers`).
-        :raises SubmissionFailure: the worker did not start.
+        :raises SubmissionFailure: the worker did not load it.
         """
-        if self._launch is None:
-            raise RuntimeError("this RemoteModule was not made by start_worker: it cannot start workers")
-        folder = Path(tempfile.mkdtemp(prefix="art-smoothing-front-"))
-
-        def remove() -> None:
-            shutil.rmtree(folder, ignore_errors=True)
-
-        try:
-            private = Path(shutil.copyfile(program, folder / "front.pt2"))
-            os.chmod(private, 0o644)  # the sandbox's uid 65534 reads it through a read-only bind of this file
-        except OSError:
-            remove()
-            raise
-        chain = RemoteModule(self._launch(front=private, cleanup=remove), self.outputs)
-        self._chains.append(chain)
-        return chain
+        route = self.client.load_front(Path(program).read_bytes(), in_front_of=self.route)
+        return RemoteModule(self.client, self.outputs, route=route)
 
     def close(self) -> None:
-        for chain in self._chains:
-            chain.close()
-        self._chains.clear()
-        self.client.close()
+        """Stop the worker (a module of route 0, which :func:`start_worker` made); a module that
+        :meth:`behind` made only shares that worker and leaves it running."""
+        if self.route == 0:
+            self.client.close()
 
 
 #: The loggers through which torch.export reports a module it cannot trace.
@@ -498,26 +511,32 @@ def export_front(front: nn.Module, example: torch.Tensor, path: Path) -> Path | 
     return path
 
 
-def _launch(
+def start_worker(
     folder: Path,
     spec: dict[str, Any],
     *,
     isolation: str,
     limits: Limits,
     threads: int,
-    protected: Sequence[Path],
-    front: Path | None = None,
-    cleanup: Callable[[], None] | None = None,
-) -> WorkerClient:
-    """Start one worker for the submission in ``folder`` (``front``: see :func:`export_front`);
-    ``cleanup`` runs when it closes, or at once if it does not start."""
+    outputs: int | None = None,
+    protected: Sequence[Path] = (),
+) -> RemoteModule:
+    """Start a worker for the submission in ``folder`` and return its model as a :class:`RemoteModule`
+    (whose :meth:`~RemoteModule.behind` puts the evaluator's modules in front of it in the same worker).
+
+    :param spec: ``{"format": "python" | "torch_export", "module", "weights", "kwargs"}``, paths relative
+        to ``folder``.
+    :param isolation: ``"sandbox"`` or ``"process"`` (see :mod:`.sandbox`).
+    :param protected: paths the submission must not be able to read (other submissions, results,
+        configuration, model cache); a sandbox that would expose one is refused.
+    :raises SubmissionFailure: the worker could not be started or did not load the model.
+    """
+    folder = Path(folder).resolve()
     private: Path | None = None
 
     def on_close() -> None:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
-        if cleanup is not None:
-            cleanup()
 
     try:
         if isolation == "sandbox":
@@ -530,18 +549,18 @@ def _launch(
                     f"the sandbox would let the submission read {exposed[0]}; keep submissions, results and "
                     "configuration outside the Python installation and the system folders"
                 )
-            command = sandbox_command(folder, spec, limits, threads, support, front)
+            command = sandbox_command(folder, spec, limits, threads, support)
         elif isolation == "process":
             private = Path(tempfile.mkdtemp(prefix="art-smoothing-submission-"))
             shutil.copytree(folder, private / "submission", symlinks=True)
-            command = process_command(private / "submission", spec, limits, threads, front)
+            command = process_command(private / "submission", spec, limits, threads)
         else:
             raise ValueError(f"isolation must be 'sandbox' or 'process', got {isolation!r}")
     except BaseException:
         on_close()
         raise
     try:
-        return WorkerClient(
+        client = WorkerClient(
             command,
             output_kb=limits.output_kb,
             load_timeout=limits.load_timeout,
@@ -551,35 +570,4 @@ def _launch(
     except OSError as error:
         on_close()
         raise SubmissionFailure(f"the worker did not start: {error}") from None
-
-
-def start_worker(
-    folder: Path,
-    spec: dict[str, Any],
-    *,
-    isolation: str,
-    limits: Limits,
-    threads: int,
-    outputs: int | None = None,
-    protected: Sequence[Path] = (),
-) -> RemoteModule:
-    """Start a worker for the submission in ``folder`` and return its model as a :class:`RemoteModule`
-    (whose :meth:`~RemoteModule.behind` starts further workers for the same submission).
-
-    :param spec: ``{"format": "python" | "torch_export", "module", "weights", "kwargs"}``, paths relative
-        to ``folder``.
-    :param isolation: ``"sandbox"`` or ``"process"`` (see :mod:`.sandbox`).
-    :param protected: paths the submission must not be able to read (other submissions, results,
-        configuration, model cache); a sandbox that would expose one is refused.
-    :raises SubmissionFailure: the worker could not be started or did not load the model.
-    """
-    launch = functools.partial(
-        _launch,
-        Path(folder).resolve(),
-        spec,
-        isolation=isolation,
-        limits=limits,
-        threads=threads,
-        protected=tuple(protected),
-    )
-    return RemoteModule(launch(), outputs, launch=launch)
+    return RemoteModule(client, outputs)

@@ -62,8 +62,6 @@ WORKER_DIR = Path(__file__).resolve().parent
 _SUBMISSION_FILES = "/submission-files"
 _WORKDIR = "/submission"
 _HARNESS = "/opt/art-smoothing-worker"
-#: Where a worker's front program (:func:`sandbox_command`'s ``front``) is bound read-only.
-_FRONT = "/front/front.pt2"
 _PRIVATE_TMP = "/tmp"  # an empty tmpfs of the sandbox's own, hiding the host's /tmp
 
 #: The niceness a worker adds to its own before it loads the submission (capped at 19, the lowest CPU
@@ -215,9 +213,7 @@ def _worker_argv(python: str, worker: str, spec: dict) -> list[str]:
     return [python, "-I", "-B", worker, json.dumps(spec)]
 
 
-def _sandbox_prefix(
-    folder: Path, limits: Limits, threads: int, support: SandboxSupport, front: Path | None = None
-) -> list[str]:
+def _sandbox_prefix(folder: Path, limits: Limits, threads: int, support: SandboxSupport) -> list[str]:
     """bwrap (and, as root, setpriv) up to the command it runs."""
     if not support.available or support.bwrap is None:
         raise RuntimeError(f"the sandbox is not available: {support.reason}")
@@ -244,7 +240,7 @@ def _sandbox_prefix(
         argv += ["--cap-drop", "ALL"]
     binds = _read_only_binds()
     parents: set[Path] = set()
-    for path in [*binds, Path(_HARNESS), Path(_SUBMISSION_FILES), Path(_WORKDIR), Path(_FRONT)]:
+    for path in [*binds, Path(_HARNESS), Path(_SUBMISSION_FILES), Path(_WORKDIR)]:
         parents.update(p for p in path.parents if str(p) != "/")
     for parent in sorted(parents, key=lambda p: len(p.parts)):
         if not any(parent == b or b in parent.parents for b in binds):
@@ -253,8 +249,6 @@ def _sandbox_prefix(
         argv += ["--ro-bind", str(path), str(path)]
     argv += ["--ro-bind", str(WORKER_DIR), _HARNESS]
     argv += ["--ro-bind", str(folder.resolve()), _SUBMISSION_FILES]
-    if front is not None:
-        argv += ["--ro-bind", str(front.resolve()), _FRONT]
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--perms", "01777", "--size", str(limits.disk_mb << 20), "--tmpfs", _PRIVATE_TMP]
     argv += ["--perms", "0777", "--size", str(limits.disk_mb << 20), "--tmpfs", _WORKDIR]
@@ -280,13 +274,10 @@ def sandbox_command(
     limits: Limits,
     threads: int,
     support: SandboxSupport | None = None,
-    front: Path | None = None,
 ) -> WorkerCommand:
     """The bubblewrap command line of a sandboxed worker for the submission in ``folder``.
 
     :param spec: the worker's model spec (format, module, weights, kwargs); paths relative to ``folder``.
-    :param front: a ``torch.export`` file of the evaluator's to put in front of the model (bound
-        read-only; the worker answers for ``model(front(x))``).
     """
     support = support or sandbox_support()
     worker_spec = {
@@ -295,9 +286,8 @@ def sandbox_command(
         "nice": WORKER_NICE,
         "limits": limits.rlimits(processes=True),
         "copy_from": _SUBMISSION_FILES,
-        "front": _FRONT if front is not None else None,
     }
-    argv = _sandbox_prefix(folder, limits, threads, support, front)
+    argv = _sandbox_prefix(folder, limits, threads, support)
     argv += _worker_argv(sys.executable, f"{_HARNESS}/worker.py", worker_spec)
     mode = "as root, then setpriv to uid 65534" if support.privileged else "user namespace, uid 65534"
     description = (
@@ -307,18 +297,15 @@ def sandbox_command(
     return WorkerCommand(argv, "/", {}, "sandbox", description)
 
 
-def process_command(
-    workdir: Path, spec: dict, limits: Limits, threads: int, front: Path | None = None
-) -> WorkerCommand:
+def process_command(workdir: Path, spec: dict, limits: Limits, threads: int) -> WorkerCommand:
     """A trusted worker: a plain child process in ``workdir`` (a private copy of the submission's
-    folder) with the resource limits but no namespaces; ``front`` as for :func:`sandbox_command`."""
+    folder) with the resource limits but no namespaces."""
     worker_spec = {
         **spec,
         "threads": threads,
         "nice": WORKER_NICE,
         "limits": limits.rlimits(processes=False),
         "copy_from": None,
-        "front": str(front.resolve()) if front is not None else None,
     }
     argv = _worker_argv(sys.executable, str(WORKER_DIR / "worker.py"), worker_spec)
     environment = _environment(threads, str(workdir))

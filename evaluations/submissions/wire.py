@@ -3,7 +3,10 @@
 A message is a fixed 20-byte header, ``ndim`` little-endian 64-bit dimensions and a payload of raw
 little-endian bytes in C order::
 
-    magic  b"ASW1"   kind  u8   dtype  u8   ndim  u8   (pad u8)   tag  u32   payload bytes  u64
+    magic  b"ASW1"   kind  u8   dtype  u8   ndim  u8   route  u8   tag  u32   payload bytes  u64
+
+``route`` picks which of the worker's models a request is for: 0 the submission's model, ``k`` the
+composition the evaluator set up with a LOAD_FRONT request of tag ``k`` (replies carry 0).
 
 Nothing else crosses the pipe: no pickle, no JSON from the worker, no object the evaluator would have to
 interpret beyond "this many float32 numbers of this shape" or "this much UTF-8 text". The evaluator checks
@@ -36,7 +39,7 @@ __all__ = [
 ]
 
 MAGIC = b"ASW1"
-HEADER = struct.Struct("<4sBBBxIQ")
+HEADER = struct.Struct("<4sBBBBIQ")
 MAX_NDIM = 6
 #: The longest error text a worker may send (longer text is a protocol violation).
 MAX_TEXT_BYTES = 4096
@@ -49,18 +52,25 @@ class Kind:
     FORWARD_KEEP = 2  # array x, tag = handle: reply ARRAY of outputs; keep the graph for one VJP
     VJP = 3  # array = cotangent of the outputs, tag = handle: reply ARRAY d<outputs, cotangent>/dx
     CLOSE = 4  # no array: the worker exits
+    # bytes (u8) of a torch.export program of the evaluator's, tag = new route, route = the route it goes in
+    # front of: reply READY, and requests of that route answer for route(program(x))
+    LOAD_FRONT = 5
     READY = 16  # no array: the model is loaded
     ARRAY = 17  # array: a result
     FAILED = 18  # UTF-8 text: what went wrong
     UNKNOWN_HANDLE = 19  # no array: the graph of that handle is gone (the evaluator resends x)
 
-    REQUESTS = frozenset({FORWARD, FORWARD_KEEP, VJP, CLOSE})
+    REQUESTS = frozenset({FORWARD, FORWARD_KEEP, VJP, CLOSE, LOAD_FRONT})
     REPLIES = frozenset({READY, ARRAY, FAILED, UNKNOWN_HANDLE})
 
 
-#: dtype codes: float32 arrays and UTF-8 text; nothing else is ever sent.
+#: dtype codes: float32 arrays and bytes (UTF-8 text, a front's program); nothing else is ever sent.
 _DTYPES = {1: np.dtype("<f4"), 2: np.dtype("u1")}
 _CODES = {np.dtype("<f4"): 1, np.dtype("u1"): 2}
+
+
+#: The kinds whose payload is bytes rather than float32 numbers.
+_BYTES_KINDS = frozenset({Kind.FAILED, Kind.LOAD_FRONT})
 
 
 class ProtocolError(RuntimeError):
@@ -72,6 +82,7 @@ class Message:
     kind: int
     tag: int = 0
     array: np.ndarray | None = None
+    route: int = 0
 
     @property
     def text(self) -> str:
@@ -79,12 +90,15 @@ class Message:
         return b"" if self.array is None else self.array.tobytes().decode("utf-8", errors="replace")
 
 
-def encode(kind: int, array: np.ndarray | None = None, tag: int = 0, text: str | None = None) -> bytes:
-    """One message as bytes: a float32 array, a text (FAILED) or nothing."""
+def encode(
+    kind: int, array: np.ndarray | None = None, tag: int = 0, text: str | None = None, route: int = 0
+) -> bytes:
+    """One message as bytes: a float32 array, bytes (u1: a text for FAILED, a program for LOAD_FRONT)
+    or nothing; ``route`` for a request (see the module docstring)."""
     if text is not None:
         array = np.frombuffer(text.encode("utf-8")[:MAX_TEXT_BYTES], dtype="u1")
     if array is None:
-        return HEADER.pack(MAGIC, kind, 0, 0, tag, 0)
+        return HEADER.pack(MAGIC, kind, 0, 0, route, tag, 0)
     if array.dtype != np.dtype("u1"):
         array = np.ascontiguousarray(array, dtype="<f4")
     else:
@@ -92,7 +106,7 @@ def encode(kind: int, array: np.ndarray | None = None, tag: int = 0, text: str |
     if array.ndim > MAX_NDIM:
         raise ValueError(f"at most {MAX_NDIM} dimensions, got shape {array.shape}")
     payload = array.tobytes()
-    header = HEADER.pack(MAGIC, kind, _CODES[array.dtype], array.ndim, tag, len(payload))
+    header = HEADER.pack(MAGIC, kind, _CODES[array.dtype], array.ndim, route, tag, len(payload))
     return header + struct.pack(f"<{array.ndim}Q", *array.shape) + payload
 
 
@@ -173,7 +187,8 @@ def read_message(
     :param deadline: ``time.monotonic()`` by which the whole message must have arrived.
     :param spin: seconds to poll for the message before sleeping (:func:`spin_for`).
     """
-    magic, kind, code, ndim, tag, nbytes = HEADER.unpack(_read_exactly(fd, HEADER.size, deadline, spin))
+    header = _read_exactly(fd, HEADER.size, deadline, spin)
+    magic, kind, code, ndim, route, tag, nbytes = HEADER.unpack(header)
     if magic != MAGIC:
         raise ProtocolError(f"not a message of this protocol (it starts with {magic!r})")
     if kind not in allowed:
@@ -185,14 +200,14 @@ def read_message(
     if code == 0:
         if ndim or nbytes:
             raise ProtocolError("a message without an array that declares one")
-        return Message(kind, tag)
+        return Message(kind, tag, route=route)
     if code not in _DTYPES or ndim > MAX_NDIM:
         raise ProtocolError(f"unknown dtype code {code} or {ndim} dimensions")
-    if (kind == Kind.FAILED) != (code == 2):
-        raise ProtocolError("text where an array was due, or an array where text was due")
+    if (kind in _BYTES_KINDS) != (code == 2):
+        raise ProtocolError("bytes where an array was due, or an array where bytes were due")
     shape = struct.unpack(f"<{ndim}Q", _read_exactly(fd, 8 * ndim, deadline))
     dtype = _DTYPES[code]
     if int(np.prod(shape, dtype=np.float64)) * dtype.itemsize != nbytes:
         raise ProtocolError(f"shape {shape} does not match a payload of {nbytes} bytes")
     payload = _read_exactly(fd, nbytes, deadline)
-    return Message(kind, tag, np.frombuffer(payload, dtype=dtype).reshape(shape).copy())
+    return Message(kind, tag, np.frombuffer(payload, dtype=dtype).reshape(shape).copy(), route)

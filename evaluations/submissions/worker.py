@@ -13,11 +13,11 @@ Order of work, so that the limits bind before any submitted code runs:
    processes, file size, no core files);
 3. copy the submission's files into the private working directory (sandbox: a size-limited tmpfs);
 4. load the model (:mod:`loading`: import the module or the ``torch.export`` program, build it, load the
-   weights with ``weights_only=True``), then set torch's thread count; with a ``front`` in the spec (a
-   ``torch.export`` program of the evaluator's, e.g. the denoiser of denoised smoothing, bound read-only),
-   the worker answers for ``model(front(x))``: the denoiser's passes run beside the model's instead of in
-   the evaluator between two requests;
-5. reply READY, then serve FORWARD, FORWARD_KEEP and VJP requests until CLOSE or the pipe closes.
+   weights with ``weights_only=True``), then set torch's thread count;
+5. reply READY, then serve FORWARD, FORWARD_KEEP and VJP requests until CLOSE or the pipe closes. A
+   LOAD_FRONT request brings a ``torch.export`` program of the evaluator's (e.g. the denoiser of denoised
+   smoothing) through the pipe; requests on its route are then answered for ``model(front(x))``, so the
+   denoiser's passes run beside the model's instead of in the evaluator between two requests.
 
 Failures become one FAILED text message (type and message of the exception, never a traceback object).
 """
@@ -92,12 +92,18 @@ def load_model(spec: dict[str, Any]) -> Any:
     return loading.load_weights_into(model, Path(spec["weights"]), spec["module"])
 
 
-def load_front(path: Path) -> Any:
-    """The evaluator's front program (exported in eval mode by :func:`remote.export_front`)."""
+def load_front(program: bytes) -> Any:
+    """The evaluator's front program (written in eval mode by :func:`remote.export_front`), from the
+    bytes of its file."""
+    import io
+
+    import torch
+
     try:
-        return loading.load_exported_program(path)
-    except loading.LoadError as error:  # the evaluator's file, not the submission's: say so
-        raise RuntimeError(f"the evaluator's front module {path} did not load: {error}") from None
+        return torch.export.load(io.BytesIO(program)).module()
+    except Exception as error:  # the evaluator's program, not the submission's: say so
+        detail = loading.describe_error(error)
+        raise RuntimeError(f"the evaluator's front module did not load: {detail}") from None
 
 
 def behind(front: Any, model: Any) -> Any:
@@ -135,6 +141,7 @@ def serve(model: Any, channel_in: int, channel_out: int, threads: int = 1) -> in
             torch.set_num_threads(wanted)
             current = wanted
 
+    routes: dict[int, Any] = {0: model}  # 0: the submission's model; k: a LOAD_FRONT's composition
     kept: OrderedDict[int, tuple[Any, Any]] = OrderedDict()
     spin = 0.0  # after a small request another tends to follow at once: poll for it (wire.spin_for)
     while True:
@@ -147,17 +154,27 @@ def serve(model: Any, channel_in: int, channel_out: int, threads: int = 1) -> in
         if message.kind == wire.Kind.CLOSE:
             return 0
         spin = wire.spin_for(0 if message.array is None else message.array.nbytes)
-        if message.kind != wire.Kind.VJP:  # a VJP runs on the threads of its forward pass
+        if message.kind in (wire.Kind.FORWARD, wire.Kind.FORWARD_KEEP):  # a VJP: its forward pass's threads
             use_threads(message.array)
         try:
+            if message.kind == wire.Kind.LOAD_FRONT:
+                if message.route not in routes or message.tag == 0 or message.tag in routes:
+                    raise ValueError(f"route {message.tag} in front of {message.route} cannot be set up")
+                assert message.array is not None
+                routes[message.tag] = behind(load_front(message.array.tobytes()), routes[message.route])
+                wire.write_all(channel_out, wire.encode(wire.Kind.READY, tag=message.tag))
+                continue
+            if message.route not in routes:
+                raise ValueError(f"no route {message.route}")
+            answer = routes[message.route]
             if message.kind == wire.Kind.FORWARD:
                 with torch.no_grad():
-                    out = _outputs(model(torch.from_numpy(message.array)))
+                    out = _outputs(answer(torch.from_numpy(message.array)))
                 reply = wire.encode(wire.Kind.ARRAY, out.detach().float().cpu().numpy(), message.tag)
             elif message.kind == wire.Kind.FORWARD_KEEP:
                 x = torch.from_numpy(message.array).requires_grad_(True)
                 with torch.enable_grad():
-                    out = _outputs(model(x))
+                    out = _outputs(answer(x))
                 kept[message.tag] = (x, out)
                 while len(kept) > KEPT_GRAPHS:
                     kept.popitem(last=False)
@@ -199,8 +216,6 @@ def main(argv: list[str]) -> int:
                 model.eval()
             except Exception:  # a torch.export module may refuse eval(); its mode was fixed at export
                 pass
-        if spec.get("front"):
-            model = behind(load_front(Path(spec["front"])), model)
     except loading.LoadError as error:  # "config key 'model.…': expected …": the evaluator keeps the key
         wire.write_all(channel_out, wire.encode(wire.Kind.FAILED, text=" ".join(str(error).split())))
         return 1

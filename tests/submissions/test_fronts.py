@@ -44,7 +44,7 @@ def test_a_normalised_submission_behind_a_denoiser_answers_like_it_in_process(wo
     composed = in_worker_behind(
         Normalized(worker, MEAN, STD), denoiser, x[:2], cache_dir=tmp_path / "cache", identity={"id": 1}
     )
-    assert isinstance(composed, RemoteModule) and composed.client is not worker.client
+    assert isinstance(composed, RemoteModule) and composed.client is worker.client and composed.route
     with torch.no_grad():
         torch.testing.assert_close(composed(x), local(denoiser(x)), rtol=1e-5, atol=1e-6)
     mine, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)

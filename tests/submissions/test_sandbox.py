@@ -59,9 +59,11 @@ def test_a_worker_answers_exactly_like_the_model_in_process(tmp_path, sandbox, i
 
 @pytest.mark.parametrize("isolation", ["sandbox", "process"])
 def test_a_worker_behind_a_front_answers_like_the_composition_in_process(tmp_path, sandbox, isolation):
-    """behind(): the evaluator's denoiser, exported, runs in a worker of the submission's own in front of
-    its model; outputs and input gradients are those of model(denoiser(x)) in process, and closing the
-    submission's module stops that worker and removes the exported file."""
+    """behind(): the evaluator's denoiser, exported, goes through the pipe to the submission's worker and
+    runs there in front of its model, on a route of its own; outputs and input gradients are those of
+    model(denoiser(x)) in process, the submission's own route is unchanged, graphs of both routes kept at
+    once answer their own gradients, and closing the composition leaves the worker to the submission's
+    module, whose closing stops it."""
     from art_smoothing_plugin.denoisers import DENOISER_ARCHITECTURES
 
     folder = write_python_submission(tmp_path / "bob")
@@ -75,24 +77,45 @@ def test_a_worker_behind_a_front_answers_like_the_composition_in_process(tmp_pat
     try:
         x = torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(1))
         chain = remote.behind(denoiser, x[:2])
-        assert chain is not None and chain.client is not remote.client
+        assert chain is not None and chain.client is remote.client and chain.route != remote.route
         with torch.no_grad():
             expected = local(denoiser(x))
             torch.testing.assert_close(chain(x), expected, rtol=1e-5, atol=1e-6)
-            assert not torch.allclose(remote(x), expected)  # the front did run: not the model alone
+            assert torch.equal(remote(x), local(x))  # the submission's own route: the model alone
         mine, theirs = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        alone, alone_here = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
         labels = torch.arange(20) % 10
-        torch.nn.functional.cross_entropy(chain(mine), labels).backward()
+        loss = torch.nn.functional.cross_entropy(chain(mine), labels)
+        loss = loss + torch.nn.functional.cross_entropy(remote(alone), labels)
+        loss.backward()  # two graphs of two routes kept at once, each answering its own gradient
         torch.nn.functional.cross_entropy(local(denoiser(theirs)), labels).backward()
+        torch.nn.functional.cross_entropy(local(alone_here), labels).backward()
         torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-6)
-        front_file = Path(chain.client.command.argv[-1].split('"front": "')[1].split('"')[0])
-        if isolation == "process":  # the sandbox names its read-only bind, not the evaluator's file
-            assert front_file.is_file()
+        assert torch.equal(alone.grad, alone_here.grad)
+        # A second front goes in front of the first one's route: model(front(front(x))).
+        twice = chain.behind(denoiser, x[:2])
+        assert twice is not None and len({remote.route, chain.route, twice.route}) == 3
+        with torch.no_grad():
+            torch.testing.assert_close(twice(x), local(denoiser(denoiser(x))), rtol=1e-5, atol=1e-5)
+        chain.close()  # shares the worker: nothing stops
+        assert remote.client.process.poll() is None and torch.equal(remote(x).detach(), local(x).detach())
     finally:
         remote.close()
-    assert chain.client.process.poll() is not None
-    if isolation == "process":
-        assert not front_file.exists()
+    assert remote.client.process.poll() is not None
+
+
+def test_a_front_the_worker_cannot_load_fails_the_submission_in_one_line(tmp_path):
+    """The evaluator's program is refused by the worker (here: not a program): the worker is stopped and
+    the failure says what it was doing, as for any other request it failed."""
+    folder = write_python_submission(tmp_path / "bob")
+    remote = start_worker(folder, PYTHON_SPEC, isolation="process", limits=TEST_LIMITS, threads=1, outputs=10)
+    (tmp_path / "not-a-program.pt2").write_bytes(b"PK not a zip at all")
+    try:
+        with pytest.raises(SubmissionFailure, match="front module did not load.*loading the evaluator's"):
+            remote.behind_program(tmp_path / "not-a-program.pt2")
+        assert remote.client.stop_reason == "failed" and remote.client.process.wait(timeout=10) != 0
+    finally:
+        remote.close()
 
 
 def test_the_answer_to_a_gradient_is_polled_for_only_after_a_small_forward_pass(tmp_path, monkeypatch):
@@ -139,7 +162,9 @@ def test_a_front_that_cannot_be_exported_stays_with_the_evaluator(tmp_path):
     remote = start_worker(folder, PYTHON_SPEC, isolation="process", limits=TEST_LIMITS, threads=1, outputs=10)
     try:
         assert remote.behind(Checked(), torch.rand(2, 1, 8, 8)) is None
-        assert remote._chains == []
+        with torch.no_grad():  # the worker goes on answering for the model alone
+            x = torch.rand(4, 1, 8, 8)
+            assert torch.equal(remote(x), honest_module()(x))
     finally:
         remote.close()
 

@@ -32,6 +32,19 @@ def test_float_arrays_round_trip_exactly():
     assert message.array.dtype == np.float32 and np.array_equal(message.array, array)
 
 
+def test_a_request_carries_its_route_and_a_program_its_bytes():
+    program = b"PK\x03\x04 any bytes"
+    fd = _send(
+        wire.encode(wire.Kind.FORWARD, np.zeros((2, 3), np.float32), route=2)
+        + wire.encode(wire.Kind.LOAD_FRONT, np.frombuffer(program, "u1"), tag=3, route=2)
+    )
+    first = wire.read_message(fd, allowed=ALL, max_payload=1 << 10)
+    assert first.kind == wire.Kind.FORWARD and first.route == 2 and first.array.shape == (2, 3)
+    second = wire.read_message(fd, allowed=ALL, max_payload=1 << 10)
+    assert (second.kind, second.tag, second.route) == (wire.Kind.LOAD_FRONT, 3, 2)
+    assert second.array.tobytes() == program
+
+
 def test_text_and_empty_messages():
     fd = _send(wire.encode(wire.Kind.FAILED, text="bad | input\nline") + wire.encode(wire.Kind.READY))
     assert wire.read_message(fd, allowed=ALL, max_payload=0).text == "bad | input\nline"
@@ -52,13 +65,13 @@ def test_a_pickle_is_not_a_message_and_is_never_unpickled(tmp_path):
 
 
 def test_a_payload_larger_than_expected_is_refused_before_reading_it():
-    header = wire.HEADER.pack(wire.MAGIC, wire.Kind.ARRAY, 1, 1, 0, 1 << 40) + struct.pack("<Q", 1 << 38)
+    header = wire.HEADER.pack(wire.MAGIC, wire.Kind.ARRAY, 1, 1, 0, 0, 1 << 40) + struct.pack("<Q", 1 << 38)
     with pytest.raises(wire.ProtocolError, match="more than the 400 expected"):
         wire.read_message(_send(header), allowed=ALL, max_payload=400)
 
 
 def test_a_shape_that_does_not_match_the_payload_is_refused():
-    header = wire.HEADER.pack(wire.MAGIC, wire.Kind.ARRAY, 1, 2, 0, 16) + struct.pack("<2Q", 3, 3)
+    header = wire.HEADER.pack(wire.MAGIC, wire.Kind.ARRAY, 1, 2, 0, 0, 16) + struct.pack("<2Q", 3, 3)
     with pytest.raises(wire.ProtocolError, match="does not match"):
         wire.read_message(_send(header + b"\0" * 16), allowed=ALL, max_payload=1 << 10)
 
@@ -66,11 +79,12 @@ def test_a_shape_that_does_not_match_the_payload_is_refused():
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ((wire.MAGIC, 99, 1, 1, 0, 4), "unexpected message kind"),
-        ((wire.MAGIC, wire.Kind.ARRAY, 7, 1, 0, 4), "unknown dtype"),
-        ((wire.MAGIC, wire.Kind.ARRAY, 1, 9, 0, 4), "unknown dtype code 1 or 9 dimensions"),
-        ((wire.MAGIC, wire.Kind.ARRAY, 2, 1, 0, 4), "text where an array was due"),
-        ((wire.MAGIC, wire.Kind.READY, 0, 1, 0, 0), "declares one"),
+        ((wire.MAGIC, 99, 1, 1, 0, 0, 4), "unexpected message kind"),
+        ((wire.MAGIC, wire.Kind.ARRAY, 7, 1, 0, 0, 4), "unknown dtype"),
+        ((wire.MAGIC, wire.Kind.ARRAY, 1, 9, 0, 0, 4), "unknown dtype code 1 or 9 dimensions"),
+        ((wire.MAGIC, wire.Kind.ARRAY, 2, 1, 0, 0, 4), "bytes where an array was due"),
+        ((wire.MAGIC, wire.Kind.LOAD_FRONT, 1, 1, 0, 1, 4), "an array where bytes were due"),
+        ((wire.MAGIC, wire.Kind.READY, 0, 1, 0, 0, 0), "declares one"),
     ],
 )
 def test_malformed_headers_are_refused(fields, message):
@@ -80,7 +94,7 @@ def test_malformed_headers_are_refused(fields, message):
 
 
 def test_a_long_text_is_refused():
-    data = wire.HEADER.pack(wire.MAGIC, wire.Kind.FAILED, 2, 1, 0, 10_000) + struct.pack("<Q", 10_000)
+    data = wire.HEADER.pack(wire.MAGIC, wire.Kind.FAILED, 2, 1, 0, 0, 10_000) + struct.pack("<Q", 10_000)
     with pytest.raises(wire.ProtocolError, match="more than the 4096"):
         wire.read_message(_send(data + b"x" * 10_000), allowed=ALL, max_payload=1 << 20)
 

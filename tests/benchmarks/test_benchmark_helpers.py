@@ -122,3 +122,45 @@ def test_the_autoattack_table_puts_pgd_and_autoattack_side_by_side_on_the_same_p
     assert "| madry | linf | 0.1 | 25 | 52 | 40 | 36 (art_pgd) | art_pgd |" in lines
     assert "| madry | 1 of 3 |" in lines
     assert not any(line.startswith("| clean_only") for line in lines)
+
+
+@pytest.fixture(scope="module")
+def isolation_floor():
+    return load("bench_isolation_floor")
+
+
+def test_the_floor_replay_pairs_each_gradient_with_the_latest_unanswered_forward_pass(isolation_floor):
+    # An attack's backward pass through several kept graphs answers them last-first, as autograd does;
+    # a gradient with nothing kept (the recorded resend of a dropped graph) is not replayed.
+    calls = []
+
+    def forward_keep(x):
+        calls.append(("keep", len(x)))
+        return len(calls)
+
+    requests = [(2, 3), (2, 5), (3, 5), (3, 3), (3, 7), (1, 4)]
+    isolation_floor.replay(
+        requests,
+        lambda x: calls.append(("forward", len(x))),
+        forward_keep,
+        lambda handle, cotangent, x: calls.append(("vjp", handle, len(x), cotangent.shape)),
+    )
+    assert calls == [
+        ("keep", 3),
+        ("keep", 5),
+        ("vjp", 2, 5, (5, 10)),
+        ("vjp", 1, 3, (3, 10)),
+        ("forward", 4),
+    ]
+
+
+def test_the_floor_replays_through_a_sandboxed_worker_and_in_process(isolation_floor, tmp_path):
+    from evaluations.submissions.sandbox import sandbox_support
+
+    support = sandbox_support()
+    if not support.available:
+        pytest.skip(f"no sandbox here: {support.reason}")
+    (tmp_path / "echo").mkdir()  # the sandbox's uid reads it (pytest's own folder is private)
+    replays = isolation_floor.echo_replays([(1, 8), (2, 8), (3, 8), (1, 1000)], tmp_path / "echo")
+    assert set(replays) == {"sandbox_s", "in_process_s"}
+    assert all(seconds > 0 for seconds in replays.values())

@@ -119,10 +119,11 @@ def test_a_front_the_worker_cannot_load_fails_the_submission_in_one_line(tmp_pat
 
 
 def test_the_answer_to_a_gradient_is_polled_for_only_after_a_small_forward_pass(tmp_path, monkeypatch):
-    """Polling takes a core; it pays only when the answer comes within the polling window. A gradient
-    costs what its forward pass did, however small its cotangent: 1,000 digits' cotangent (40 KB) is
-    under wire.SPIN_BYTES, their inputs (256 KB) are not, and their backward pass runs for milliseconds on
-    every thread the worker has."""
+    """Polling takes a core; it pays only when the answer comes within the polling window and no worker
+    thread needs the core. A gradient costs what its forward pass did, however small its cotangent: 1,000
+    digits' cotangent (40 KB) is under wire.SPIN_BYTES, their inputs (256 KB) are not, and their backward
+    pass runs for milliseconds on every thread the worker has. The first small request after a large one
+    is not polled for either: the worker's threads still busy-wait after the large one."""
     from evaluations.submissions import wire
 
     folder = write_python_submission(tmp_path / "bob")
@@ -136,7 +137,7 @@ def test_the_answer_to_a_gradient_is_polled_for_only_after_a_small_forward_pass(
 
     monkeypatch.setattr(remote.client, "_receive", recording)
     try:
-        for count in (1000, 10):
+        for count in (1000, 10, 10):
             x = torch.rand(count, 1, 8, 8, requires_grad=True)
             remote(x).sum().backward()
     finally:
@@ -146,6 +147,8 @@ def test_the_answer_to_a_gradient_is_polled_for_only_after_a_small_forward_pass(
     assert polled == [
         ("computing outputs", 0.0),
         ("computing a gradient", 0.0),
+        ("computing outputs", 0.0),  # small, after the large gradient
+        ("computing a gradient", spin),
         ("computing outputs", spin),
         ("computing a gradient", spin),
     ]

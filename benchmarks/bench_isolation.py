@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -84,11 +85,18 @@ def make_submission(folder: Path) -> Path:
     return folder / "submission.toml"
 
 
-def run_once(config: Path, mode: str, out: Path, cache: Path, limit: int | None) -> float:
+def run_once(
+    config: Path,
+    mode: str,
+    out: Path,
+    cache: Path,
+    limit: int | None,
+    launcher: Sequence[str] = (sys.executable, "-m", "evaluations"),
+) -> float:
+    """Seconds one ``run`` of the harness's CLI takes as a fresh process (``launcher``: what runs the
+    CLI's arguments; ``bench_isolation_floor.py`` passes its recording wrapper)."""
     command = [
-        sys.executable,
-        "-m",
-        "evaluations",
+        *launcher,
         "run",
         "--preset",
         "quick",

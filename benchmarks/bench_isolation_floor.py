@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -159,19 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warm-up (fills the model cache under {cache}) ...", flush=True)
     run_once(config, "sandbox", work / "warm-up", cache, 2)
     log = work / "requests.tsv"
-    run_args = ["run", "--preset", "quick", "--config", str(config), "--set", 'isolation.mode="sandbox"']
-    run_args += ["--out", str(work / "recorded"), "--cache-dir", str(cache), "--no-progress"]
-    start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, __file__, "--record", str(log), "--", *run_args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    sandbox_run = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"the recorded run failed:\n{done.stderr[-3000:]}")
+    recorder = (sys.executable, __file__, "--record", str(log), "--")
+    sandbox_run = run_once(config, "sandbox", work / "recorded", cache, None, launcher=recorder)
     print(f"recorded sandboxed run: {sandbox_run:.1f} s", flush=True)
     in_process_run = run_once(config, "none", work / "in-process", cache, None)
     print(f"in-process run: {in_process_run:.1f} s", flush=True)

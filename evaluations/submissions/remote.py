@@ -248,6 +248,50 @@ class WorkerClient:
         except subprocess.TimeoutExpired:
             self._stop("closed its reply pipe")
 
+    def _exchange(
+        self,
+        message: bytes,
+        tag: int,
+        allowed: frozenset[int],
+        max_payload: int,
+        timeout: float,
+        what: str,
+        work: int | None = None,
+    ) -> wire.Message:
+        """Send one encoded request and read its reply within ``timeout`` seconds. A worker that does not
+        take the request, does not answer in time, answers FAILED or answers another request than ``tag``
+        (UNKNOWN_HANDLE aside) is stopped and :class:`SubmissionFailure` raised. ``work`` sizes the work
+        the request asks for, in input bytes, which decides whether the answer is polled for (``None``:
+        never, and the request does not count as the latest one)."""
+        if self.failure is not None:
+            raise SubmissionFailure(self.failure, self.output)
+        with self._lock:
+            deadline = time.monotonic() + timeout
+            try:
+                wire.write_all(self._request_fd, message, deadline)
+            except wire.ProtocolError:
+                self._stop_if_dead()
+                if self.stop_reason is None:
+                    self._stop(f"did not read its input within {timeout:g} s")
+                self._fail(f"{self._exit_reason()} while {what}")
+            spin = 0.0
+            if work is not None:
+                # Poll only when this request and the one before it are small: after a large one the
+                # worker's OpenMP threads still busy-wait for the next parallel region (GOMP_SPINCOUNT in
+                # sandbox.py), and a poller here would make three busy threads on two cores. A small request
+                # after a batch of 1,000 noisy digits took 3-4 ms more through the worker with polling, 1 ms
+                # more without.
+                spin = wire.spin_for(max(work, self._last_work))
+                self._last_work = work
+            reply = self._receive(allowed, max_payload, deadline, timeout, what, spin)
+        if reply.kind == wire.Kind.FAILED:
+            self._stop("failed")
+            self._fail(f"{_one_line(reply.text)} (while {what})")
+        if reply.kind != wire.Kind.UNKNOWN_HANDLE and reply.tag != tag:
+            self._stop("protocol")
+            self._fail(f"answered request {reply.tag} when asked for {tag} (while {what})")
+        return reply
+
     def _call(
         self,
         kind: int,
@@ -261,40 +305,23 @@ class WorkerClient:
         """Send one request (for ``route``: see :meth:`load_front`) and return the checked array of its
         reply (``None`` for UNKNOWN_HANDLE). ``work_bytes`` sizes the work the request asks for (default:
         its own payload), which decides whether the answer is polled for (:func:`wire.spin_for`)."""
-        if self.failure is not None:
-            raise SubmissionFailure(self.failure, self.output)
-        with self._lock:
-            deadline = time.monotonic() + self.call_timeout
-            try:
-                wire.write_all(self._request_fd, wire.encode(kind, array, tag, route=route), deadline)
-            except wire.ProtocolError:
-                self._stop_if_dead()
-                if self.stop_reason is None:
-                    self._stop(f"did not read its input within {self.call_timeout:g} s")
-                self._fail(f"{self._exit_reason()} while {what}")
-            if expect is not None:
-                max_payload = int(np.prod(expect)) * 4
-            else:
-                max_payload = len(array) * MAX_OUTPUTS * 4
-            allowed = frozenset({wire.Kind.ARRAY, wire.Kind.FAILED, wire.Kind.UNKNOWN_HANDLE})
-            work = array.nbytes if work_bytes is None else work_bytes
-            # Poll only when this request and the one before it are small: after a large one the worker's
-            # OpenMP threads still busy-wait for the next parallel region (GOMP_SPINCOUNT in sandbox.py),
-            # and a poller here would make three busy threads on two cores. A small request after a batch
-            # of 1,000 noisy digits took 3-4 ms more through the worker with polling, 1 ms more without.
-            spin = wire.spin_for(max(work, self._last_work))
-            self._last_work = work
-            reply = self._receive(allowed, max_payload, deadline, self.call_timeout, what, spin)
-        if reply.kind == wire.Kind.FAILED:
-            self._stop("failed")
-            self._fail(f"{_one_line(reply.text)} (while {what})")
+        if expect is not None:
+            max_payload = int(np.prod(expect)) * 4
+        else:
+            max_payload = len(array) * MAX_OUTPUTS * 4
+        reply = self._exchange(
+            wire.encode(kind, array, tag, route=route),
+            tag,
+            frozenset({wire.Kind.ARRAY, wire.Kind.FAILED, wire.Kind.UNKNOWN_HANDLE}),
+            max_payload,
+            self.call_timeout,
+            what,
+            work=array.nbytes if work_bytes is None else work_bytes,
+        )
         if reply.kind == wire.Kind.UNKNOWN_HANDLE:
             return None
         result = reply.array
         assert result is not None
-        if reply.tag != tag:
-            self._stop("protocol")
-            self._fail(f"answered request {reply.tag} when asked for {tag} (while {what})")
         if expect is not None and result.shape != expect:
             self._stop("shape")
             self._fail(f"returned shape {result.shape} where {expect} was due (while {what})")
@@ -352,31 +379,17 @@ class WorkerClient:
         :raises SubmissionFailure: the worker did not load it (it is stopped: the program is the
             evaluator's, so a failure is the worker's doing or a sign it cannot be trusted to run it).
         """
-        if self.failure is not None:
-            raise SubmissionFailure(self.failure, self.output)
         route = next(self._routes)
         if route > 255:
             raise RuntimeError("a worker serves at most 255 fronts")
-        what = "loading the evaluator's front module"
-        payload = np.frombuffer(program, dtype="u1")
-        with self._lock:
-            deadline = time.monotonic() + self.load_timeout
-            try:
-                message = wire.encode(wire.Kind.LOAD_FRONT, payload, route, route=in_front_of)
-                wire.write_all(self._request_fd, message, deadline)
-            except wire.ProtocolError:
-                self._stop_if_dead()
-                if self.stop_reason is None:
-                    self._stop(f"did not read its input within {self.load_timeout:g} s")
-                self._fail(f"{self._exit_reason()} while {what}")
-            allowed = frozenset({wire.Kind.READY, wire.Kind.FAILED})
-            reply = self._receive(allowed, 0, deadline, self.load_timeout, what)
-        if reply.kind == wire.Kind.FAILED:
-            self._stop("failed")
-            self._fail(f"{_one_line(reply.text)} (while {what})")
-        if reply.tag != route:
-            self._stop("protocol")
-            self._fail(f"answered request {reply.tag} when asked for {route} (while {what})")
+        self._exchange(
+            wire.encode(wire.Kind.LOAD_FRONT, np.frombuffer(program, dtype="u1"), route, route=in_front_of),
+            route,
+            frozenset({wire.Kind.READY, wire.Kind.FAILED}),
+            0,
+            self.load_timeout,
+            "loading the evaluator's front module",
+        )
         return route
 
 

@@ -269,11 +269,7 @@ def _sandbox_prefix(folder: Path, limits: Limits, threads: int, support: Sandbox
 
 
 def sandbox_command(
-    folder: Path,
-    spec: dict,
-    limits: Limits,
-    threads: int,
-    support: SandboxSupport | None = None,
+    folder: Path, spec: dict, limits: Limits, threads: int, support: SandboxSupport | None = None
 ) -> WorkerCommand:
     """The bubblewrap command line of a sandboxed worker for the submission in ``folder``.
 

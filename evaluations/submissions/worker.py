@@ -162,19 +162,17 @@ def serve(model: Any, channel_in: int, channel_out: int, threads: int = 1) -> in
                     raise ValueError(f"route {message.tag} in front of {message.route} cannot be set up")
                 assert message.array is not None
                 routes[message.tag] = behind(load_front(message.array.tobytes()), routes[message.route])
-                wire.write_all(channel_out, wire.encode(wire.Kind.READY, tag=message.tag))
-                continue
-            if message.route not in routes:
+                reply = wire.encode(wire.Kind.READY, tag=message.tag)
+            elif message.route not in routes:
                 raise ValueError(f"no route {message.route}")
-            answer = routes[message.route]
-            if message.kind == wire.Kind.FORWARD:
+            elif message.kind == wire.Kind.FORWARD:
                 with torch.no_grad():
-                    out = _outputs(answer(torch.from_numpy(message.array)))
+                    out = _outputs(routes[message.route](torch.from_numpy(message.array)))
                 reply = wire.encode(wire.Kind.ARRAY, out.detach().float().cpu().numpy(), message.tag)
             elif message.kind == wire.Kind.FORWARD_KEEP:
                 x = torch.from_numpy(message.array).requires_grad_(True)
                 with torch.enable_grad():
-                    out = _outputs(answer(x))
+                    out = _outputs(routes[message.route](x))
                 kept[message.tag] = (x, out)
                 while len(kept) > KEPT_GRAPHS:
                     kept.popitem(last=False)

@@ -33,7 +33,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -211,7 +211,7 @@ class WorkerClient:
         last = _one_line(self.output.strip().splitlines()[-1], 160) if self.output.strip() else ""
         return f"exited with status {code}" + (f" (its last output: {last})" if last else "")
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str) -> NoReturn:
         self.failure = reason
         if self.process.poll() is not None:
             self._drain.join(timeout=2.0)
@@ -321,7 +321,9 @@ class WorkerClient:
         if reply.kind == wire.Kind.UNKNOWN_HANDLE:
             return None
         result = reply.array
-        assert result is not None
+        if result is None:  # an ARRAY header that declares no array: the worker's, never ours
+            self._stop("protocol")
+            self._fail(f"sent a result without an array (while {what})")
         if expect is not None and result.shape != expect:
             self._stop("shape")
             self._fail(f"returned shape {result.shape} where {expect} was due (while {what})")

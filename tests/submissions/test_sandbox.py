@@ -19,7 +19,13 @@ from evaluations.submissions import sandbox as sandbox_module
 from evaluations.submissions.remote import SubmissionFailure, start_worker
 from evaluations.submissions.sandbox import Limits
 
-from .conftest import TEST_LIMITS, honest_module, write_export_submission, write_python_submission
+from .conftest import (
+    HONEST_SOURCE,
+    TEST_LIMITS,
+    honest_module,
+    write_export_submission,
+    write_python_submission,
+)
 
 PYTHON_SPEC = {"format": "python", "module": "model.py:Model", "weights": "weights.pt", "kwargs": {}}
 EXPORT_SPEC = {"format": "torch_export", "module": "", "weights": "model.pt2", "kwargs": {}}
@@ -114,6 +120,30 @@ def test_a_front_the_worker_cannot_load_fails_the_submission_in_one_line(tmp_pat
         with pytest.raises(SubmissionFailure, match="front module did not load.*loading the evaluator's"):
             remote.behind_program(tmp_path / "not-a-program.pt2")
         assert remote.client.stop_reason == "failed" and remote.client.process.wait(timeout=10) != 0
+    finally:
+        remote.close()
+
+
+def test_a_result_without_an_array_fails_the_submission_in_one_line(tmp_path):
+    """A reply header of kind ARRAY that declares no array (written down the reply pipe by the model,
+    as an attacker in the worker's process can) stops the worker with a reason, not an assertion."""
+    source = HONEST_SOURCE.replace(
+        "        return self.net(x)",
+        "        import __main__, os, struct\n"
+        "        if len(x) == 3:\n"
+        "            header = struct.pack('<4sBBBBIQ', b'ASW1', 17, 0, 0, 0, 0, 0)  # ARRAY, no array\n"
+        "            os.write(__main__.channel_out_fd, header)\n"
+        "        return self.net(x)",
+    )
+    assert source != HONEST_SOURCE
+    folder = write_python_submission(tmp_path / "mallory", source)
+    torch.save(honest_module().state_dict(), folder / "weights.pt")  # the honest model's weights
+    remote = start_worker(folder, PYTHON_SPEC, isolation="process", limits=TEST_LIMITS, threads=1, outputs=10)
+    try:
+        with torch.no_grad():
+            remote(torch.rand(2, 1, 8, 8))  # answers honestly first
+            with pytest.raises(SubmissionFailure, match=r"sent a result without an array \(while computing"):
+                remote(torch.rand(3, 1, 8, 8))
     finally:
         remote.close()
 
@@ -262,6 +292,7 @@ def _probe(tmp_path: Path, isolation: str, listener: socket.socket) -> dict:
         .replace("$port", str(listener.getsockname()[1]))
     )
     folder = write_python_submission(tmp_path / "mallory", source)
+    torch.save(honest_module().state_dict(), folder / "weights.pt")  # the honest model's weights
     with pytest.raises(SubmissionFailure, match="probe finished") as failure:
         start_worker(folder, PYTHON_SPEC, isolation=isolation, limits=TEST_LIMITS, threads=1)
     line = next(line for line in failure.value.output.splitlines() if line.startswith("OBSERVED "))
